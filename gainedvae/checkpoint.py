@@ -1,0 +1,195 @@
+"""Checkpoints: self-describing, written atomically, read with ``weights_only=True``.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format": "gainedvae-checkpoint", "version": 1,
+     "model": registry name, "config": {"N", "M", "lambdas"},
+     "state_dict": ..., **extra}
+
+so :func:`load_checkpoint` rebuilds the model without flags. Plain CompressAI
+state dicts (or CompressAI training checkpoints with a ``"state_dict"`` key)
+load too when the registry name is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .models import get_model, is_gained, model_name
+
+FORMAT = "gainedvae-checkpoint"
+VERSION = 1
+#: Where the shipped default model lives (package data).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "gained-mbt2018-mean.pt"
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (missing, unsafe, or malformed)."""
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    atomic_save(lambda f: f.write(data), path)
+
+
+def atomic_save(writer, path: PathLike) -> None:
+    """Call ``writer(fileobj)`` on a temp file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_config(model: nn.Module) -> Dict[str, Any]:
+    """What is needed to rebuild ``model``: widths and lambdas."""
+    config: Dict[str, Any] = {"N": int(model.N), "M": int(model.M)}
+    lambdas = getattr(model, "lambdas", None)
+    if lambdas is not None:
+        config["lambdas"] = [float(v) for v in lambdas]
+    return config
+
+
+def save_checkpoint(model: nn.Module, path: PathLike, half: bool = False, **extra: Any) -> Path:
+    """Atomically save ``model`` with its registry name, widths and lambdas.
+
+    Args:
+        model: a registered model (gained or CompressAI single-rate).
+        path: destination file.
+        half: store floating-point tensors as float16 (for shipped weights).
+        **extra: more entries (training state, notes); must be ``weights_only``-loadable.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    reserved = {"format", "version", "model", "config", "state_dict"} & set(extra)
+    if reserved:
+        raise ValueError(f"extra keys {sorted(reserved)} are reserved")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_name(model),
+        "config": model_config(model),
+        "state_dict": state,
+        **extra,
+    }
+    atomic_save(lambda f: torch.save(payload, f), path)
+    return Path(path)
+
+
+def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint file's dict safely (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported global" in ln), "")
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled objects that could run code "
+                f"(loaded with weights_only=True; {detail})"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: not a valid torch file") from None
+    except Exception as err:  # corrupt zip, truncated file, not a torch file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(payload).__name__}")
+    return payload
+
+
+def hash_state_dict(state_dict: Dict[str, Tensor]) -> str:
+    """SHA-256 (hex) over names, dtypes, shapes and bytes of a state dict."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _strip_prefix(state_dict: Dict[str, Tensor], prefix: str = "module.") -> Dict[str, Tensor]:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", model: Optional[str] = None) -> nn.Module:
+    """Instantiate and fill the model described by a checkpoint dict."""
+    if payload.get("format") == FORMAT:
+        if payload.get("version", 0) > VERSION:
+            raise CheckpointError(f"{source} has checkpoint version {payload['version']}; this gainedvae reads up to {VERSION}")
+        name = model or payload["model"]
+        config = dict(payload.get("config", {}))
+        state_dict = payload["state_dict"]
+    else:  # a CompressAI state dict or training checkpoint
+        if model is None:
+            raise CheckpointError(f"{source} is not a gainedvae checkpoint; pass model=<registry name> to load a CompressAI state dict")
+        name = model
+        state_dict = _strip_prefix(payload.get("state_dict", payload))
+        try:
+            config = {"N": state_dict["g_a.0.weight"].size(0), "M": state_dict["g_a.6.weight"].size(0)}
+        except KeyError as err:
+            raise CheckpointError(f"{source}: cannot infer widths, key {err} missing") from None
+    lambdas = config.pop("lambdas", None)
+    try:
+        net = get_model(name, **config, **({"lambdas": lambdas} if lambdas and is_gained(name) else {}))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: cannot build model {name!r} with {config}: {err}") from None
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    try:
+        if is_gained(net) and not any(k.startswith("gain.") for k in state_dict):
+            net.load_backbone_state_dict(state_dict)
+        else:
+            net.load_state_dict(state_dict)
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{source}: weights do not fit {name!r} {config}: {str(err).splitlines()[0]}") from None
+    if lambdas and not is_gained(net):
+        net.lambdas = tuple(float(v) for v in lambdas)
+    net.weights_hash = hash_state_dict(payload["state_dict"] if payload.get("format") == FORMAT else state_dict)
+    return net
+
+
+def load_checkpoint(
+    path: Optional[PathLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    model: Optional[str] = None,
+) -> nn.Module:
+    """Load a model ready to code: eval mode, entropy tables updated.
+
+    Args:
+        path: checkpoint file; ``None`` loads the shipped default model.
+        device: where to put the model.
+        model: registry name, only needed for plain CompressAI state dicts.
+    """
+    if path is None:
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CheckpointError(
+                f"no shipped default model in this installation ({DEFAULT_CHECKPOINT} is missing); pass a checkpoint path"
+            )
+        path = DEFAULT_CHECKPOINT
+    payload = read_checkpoint(path)
+    net = build_from_payload(payload, source=str(path), model=model)
+    net.update(force=True)
+    net.checkpoint_path = str(path)
+    return net.to(device).eval()

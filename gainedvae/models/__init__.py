@@ -1,0 +1,66 @@
+"""Model registry: gained models and CompressAI's single-rate baselines by name."""
+
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+from torch import nn
+
+from .base import DEFAULT_LAMBDAS, GainedModel, pad_to_multiple, validate_lambdas
+from .hyperprior import GainedHyperprior, GainedMeanScaleHyperprior, GainedScaleHyperprior
+
+#: Registry name -> class. Names without ``gained-`` are CompressAI's own
+#: single-rate classes (identical to ``compressai.zoo`` architectures).
+MODEL_CLASSES: Dict[str, Type[nn.Module]] = {
+    "gained-bmshj2018-hyperprior": GainedScaleHyperprior,
+    "gained-mbt2018-mean": GainedMeanScaleHyperprior,
+    "bmshj2018-hyperprior": ScaleHyperprior,
+    "mbt2018-mean": MeanScaleHyperprior,
+}
+
+MODELS = tuple(MODEL_CLASSES)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by registry name, e.g. ``get_model("gained-mbt2018-mean", N=128, M=192)``.
+
+    Gained models accept ``lambdas``; single-rate models only ``N`` and ``M``.
+    """
+    try:
+        cls = MODEL_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
+    if not issubclass(cls, GainedModel):
+        kwargs.pop("lambdas", None)
+    return cls(**kwargs)
+
+
+def model_name(model: nn.Module) -> str:
+    """Registry name of ``model``'s class."""
+    for name, cls in MODEL_CLASSES.items():
+        if type(model) is cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not a registered gainedvae model")
+
+
+def is_gained(model_or_name) -> bool:
+    if isinstance(model_or_name, str):
+        return issubclass(MODEL_CLASSES[model_or_name], GainedModel)
+    return isinstance(model_or_name, GainedModel)
+
+
+__all__ = [
+    "DEFAULT_LAMBDAS",
+    "GainedHyperprior",
+    "GainedMeanScaleHyperprior",
+    "GainedModel",
+    "GainedScaleHyperprior",
+    "MODELS",
+    "MODEL_CLASSES",
+    "get_model",
+    "is_gained",
+    "model_name",
+    "pad_to_multiple",
+    "validate_lambdas",
+]

@@ -1,0 +1,415 @@
+"""Training library behind ``train_gain.py``.
+
+One loop trains gained models (a level, hence a lambda, sampled per batch or
+per sample) and CompressAI single-rate baselines (one lambda) with the same
+data pipeline, schedule and budget. Runs are resumable at any checkpoint with
+bit-identical continuation (data order and augmentation are functions of
+``(seed, step)``; the torch RNG state, both optimisers and the scheduler are
+saved), observable (tqdm, JSON-lines logs for training and validation) and
+run under ``torchrun`` with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .models import DEFAULT_LAMBDAS, get_model, is_gained, pad_to_multiple
+from .data import PatchDataset, StepBatchSampler, load_validation, split_dataset
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (bad configuration, non-finite loss, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint."""
+
+    data: Tuple[str, ...]
+    model: str = "gained-mbt2018-mean"
+    N: int = 128
+    M: int = 192
+    lambdas: Tuple[float, ...] = DEFAULT_LAMBDAS
+    lmbda: Optional[float] = None  # single-rate models
+    metric: str = "mse"
+    level_sampling: str = "batch"
+    steps: int = 100_000
+    batch_size: int = 8
+    patch_size: int = 256
+    lr: float = 1e-4
+    milestones: Tuple[float, ...] = (0.75, 0.9)
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    aux_lr: float = 1e-3
+    clip_max_norm: float = 1.0
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "cpu"
+    save_dir: str = "runs/default"
+    save_every: int = 1000
+    keep: int = 3
+    val_every: int = 1000
+    val_split: float = 0.05
+    val_size: int = 256
+    val_max_images: int = 16
+    log_every: int = 50
+    log_images: bool = False
+    downscale_jpeg: bool = False
+    init: Optional[str] = None
+    threads: int = 0
+    channels_last: bool = False
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def run_lambdas(self) -> Tuple[float, ...]:
+        if is_gained(self.model):
+            return tuple(float(v) for v in self.lambdas)
+        if self.lmbda is None:
+            raise TrainingError(f"single-rate model {self.model!r} needs --lambda")
+        return (float(self.lmbda),)
+
+
+# ---------------------------------------------------------------------------
+# objective
+
+
+def rate_distortion(out: Dict, x: Tensor, lmbda: Tensor, metric: str = "mse") -> Dict[str, Tensor]:
+    """``lambda * 255^2 * MSE + bpp`` (or ``lambda * (1 - MS-SSIM) + bpp``) per sample, averaged.
+
+    ``lmbda`` is a scalar or a ``(B,)`` tensor (per-sample levels).
+    """
+    n, _, h, w = x.shape
+    num_pixels = h * w
+    bpp = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values()) / num_pixels
+    mse = F.mse_loss(out["x_hat"], x, reduction="none").flatten(1).mean(1)
+    lmbda = lmbda.to(x.device).expand(n)
+    if metric == "mse":
+        distortion = 255.0**2 * mse
+    elif metric == "ms-ssim":
+        from pytorch_msssim import ms_ssim
+
+        distortion = 1 - ms_ssim(out["x_hat"], x, data_range=1.0, size_average=False)
+    else:
+        raise TrainingError(f"unknown metric {metric!r} (mse or ms-ssim)")
+    loss = (lmbda * distortion + bpp).mean()
+    psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
+
+
+def configure_optimizers(net: nn.Module, lr: float, aux_lr: float):
+    """Adam on the network, Adam on the entropy bottleneck quantiles (as CompressAI's example)."""
+    net_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+    aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    return torch.optim.Adam(net_params, lr=lr), torch.optim.Adam(aux_params, lr=aux_lr)
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then drops by ``gamma`` at ``milestones`` (fractions of ``steps``)."""
+    marks = sorted(int(round(m * cfg.steps)) for m in cfg.milestones)
+
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        return warm * cfg.gamma ** sum(step >= m for m in marks)
+
+    return f
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def sample_levels(cfg: TrainConfig, step: int, batch: int, levels: int) -> Optional[Tensor]:
+    """Levels for a step: uniform per batch (``int`` tensor of shape ()) or per sample."""
+    if levels == 1:
+        return None
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    if cfg.level_sampling == "batch":
+        return torch.randint(0, levels, (), generator=g)
+    if cfg.level_sampling == "sample":
+        return torch.randint(0, levels, (batch,), generator=g)
+    raise TrainingError(f"--level-sampling must be batch or sample, got {cfg.level_sampling!r}")
+
+
+def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None]):
+    """Forward a gained model at ``level`` or a single-rate CompressAI model
+    (padded to its downsampling factor like the gained models pad themselves)."""
+    if level is None:
+        h, w = x.shape[-2:]
+        out = net(pad_to_multiple(x, _unwrap(net).downsampling_factor))
+        out["x_hat"] = out["x_hat"][..., :h, :w]
+        return out
+    if isinstance(level, Tensor):
+        level = int(level) if level.dim() == 0 else level.to(x.device)
+    return net(x, level=level)
+
+
+class RunFiles:
+    """Checkpoint rotation and logs of one run directory (rank 0 only)."""
+
+    CKPT = re.compile(r"ckpt-(\d+)\.pt$")
+
+    def __init__(self, save_dir: str, keep: int):
+        self.dir = Path(save_dir)
+        self.keep = max(1, keep)
+        self.train_log = self.dir / "train_log.jsonl"
+        self.val_log = self.dir / "val_log.jsonl"
+        self.best = self.dir / "best.pt"
+
+    def checkpoints(self) -> List[Path]:
+        found = [(int(m.group(1)), p) for p in self.dir.glob("ckpt-*.pt") if (m := self.CKPT.search(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Optional[Path]:
+        ckpts = self.checkpoints()
+        return ckpts[-1] if ckpts else None
+
+    def rotate(self) -> None:
+        for p in self.checkpoints()[: -self.keep]:
+            p.unlink(missing_ok=True)
+
+    def append(self, path: Path, record: Dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop log lines written after ``step`` (a resumed run rewrites them)."""
+        for path in (self.train_log, self.val_log):
+            if path.exists():
+                lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+                path.write_text("".join(ln + "\n" for ln in lines))
+
+
+@torch.no_grad()
+def validate(net: nn.Module, images: Tensor, lambdas: Sequence[float], metric: str, device) -> List[Dict]:
+    """Every level on the validation crops with real rounding (eval mode)."""
+    net.eval()
+    records = []
+    for level, lmbda in enumerate(lambdas):
+        sums: Dict[str, float] = {}
+        for i in range(images.size(0)):
+            x = images[i : i + 1].to(device)
+            out = model_forward(net, x, level if is_gained(net) else None)
+            out["x_hat"] = out["x_hat"].clamp(0, 1)
+            r = rate_distortion(out, x, torch.tensor(lmbda), metric)
+            for k, v in r.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        n = max(1, images.size(0))
+        records.append({"level": level, "lambda": lmbda, **{k: v / n for k, v in sums.items()}})
+    net.train()
+    return records
+
+
+def save_side_by_side(net: nn.Module, x: Tensor, path: Path, level: Optional[int]) -> None:
+    from PIL import Image
+
+    with torch.no_grad():
+        net.eval()
+        out = model_forward(net, x, level)
+        net.train()
+    pair = torch.cat([x[0], out["x_hat"][0].clamp(0, 1)], dim=-1)
+    arr = (pair.permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+def init_distributed(cfg: TrainConfig) -> Tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(cfg.device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    lambdas = cfg.run_lambdas()
+    net = get_model(cfg.model, N=cfg.N, M=cfg.M, lambdas=lambdas)
+    if not is_gained(net):
+        net.lambdas = lambdas
+    if cfg.init:
+        payload = read_checkpoint(cfg.init)
+        state = payload.get("state_dict", payload)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        if is_gained(net) and not any(k.startswith("gain.") for k in state):
+            net.load_backbone_state_dict(state)
+            ref = payload.get("config", {}).get("lambdas", [None])
+            if len(ref) == 1 and ref[0]:
+                net.gain.init_from_lambdas(lambdas, ref[0])
+        else:
+            net.load_state_dict(state)
+    return net
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the path of the final checkpoint."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = init_distributed(cfg)
+    files = RunFiles(cfg.save_dir, cfg.keep)
+    train_images, val_images = split_dataset(cfg.data, cfg.val_split)
+    lambdas = cfg.run_lambdas()
+    if cfg.metric == "ms-ssim" and min(cfg.patch_size, cfg.val_size) < 161:
+        raise TrainingError("--metric ms-ssim needs --patch-size and --val-size of at least 161 (5 scales)")
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer, aux_optimizer = configure_optimizers(net, cfg.lr, cfg.aux_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start_step, best = 0, math.inf
+
+    if resume:
+        path = files.latest() if resume == "latest" else Path(resume)
+        if path is None:
+            raise TrainingError(f"--resume: no checkpoint in {files.dir}")
+        state = read_checkpoint(path, map_location=device)
+        saved = state.get("train_config", {})
+        for key in ("model", "N", "M", "lambdas", "lmbda", "steps", "batch_size", "patch_size", "seed"):
+            old, new = saved.get(key), getattr(cfg, key)
+            if key in saved and (list(old) if isinstance(old, (list, tuple)) else old) != (list(new) if isinstance(new, (list, tuple)) else new):
+                raise TrainingError(f"--resume {path}: the run was started with {key}={old}, this command has {key}={new}")
+        net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        aux_optimizer.load_state_dict(state["aux_optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step, best = int(state["step"]), float(state.get("best_val", math.inf))
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        if rank == 0:
+            files.truncate_logs(start_step)
+            print(f"resumed from {path} at step {start_step}")
+
+    model = net
+    if world > 1:
+        # The entropy-bottleneck quantiles only get gradients from the aux loss,
+        # which is data-independent and identical on every rank: keep them out
+        # of DDP's all-reduce (their gradient is produced outside forward()).
+        quantiles = [n for n, _ in net.named_parameters() if n.endswith(".quantiles")]
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, quantiles)
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    dataset = PatchDataset(train_images, cfg.patch_size, train=True, downscale_jpeg=cfg.downscale_jpeg)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.steps, cfg.seed, start_step, rank, world)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keeps the loader off the global RNG that --resume restores
+    )
+    val = load_validation(val_images, cfg.val_size, cfg.val_max_images) if rank == 0 else None
+
+    def checkpoint(step: int, path: Optional[Path] = None) -> Path:
+        path = path or files.dir / f"ckpt-{step:07d}.pt"
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(
+            net,
+            path,
+            step=step,
+            optimizer=optimizer.state_dict(),
+            aux_optimizer=aux_optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            rng=rng,
+            best_val=best,
+            train_config=asdict(cfg),
+        )
+        return path
+
+    last_good: Optional[Path] = files.latest()
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not progress or rank != 0, dynamic_ncols=True, desc=cfg.model)
+    step, t0, window = start_step, time.perf_counter(), []
+    model.train()
+    for batch in loader:
+        x = batch.to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        level = sample_levels(cfg, step, x.size(0), len(lambdas))
+        lmbda = torch.tensor(lambdas, device=device)[level.to(device)] if level is not None else torch.tensor(lambdas[0])
+
+        optimizer.zero_grad(set_to_none=True)
+        aux_optimizer.zero_grad(set_to_none=True)
+        out = model_forward(model, x, level)
+        metrics = rate_distortion(out, x, lmbda, cfg.metric)
+        if not torch.isfinite(metrics["loss"]):
+            bar.close()
+            raise TrainingError(
+                f"non-finite loss ({metrics['loss'].item()}) at step {step}; stopping. "
+                f"Last good checkpoint: {last_good or 'none yet'}"
+            )
+        metrics["loss"].backward()
+        if cfg.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_max_norm)
+        optimizer.step()
+        aux_loss = _unwrap(model).aux_loss()
+        aux_loss.backward()
+        aux_optimizer.step()
+        scheduler.step()
+        step += 1
+
+        window.append({k: float(v.detach()) for k, v in metrics.items()})
+        if rank == 0:
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - t0
+                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                rec = {"step": step, **mean, "aux_loss": aux_loss.item(), "lr": scheduler.get_last_lr()[0],
+                       "steps_per_s": len(window) / elapsed}
+                files.append(files.train_log, rec)
+                bar.set_postfix(loss=f"{mean['loss']:.3f}", bpp=f"{mean['bpp']:.3f}", psnr=f"{mean['psnr']:.2f}",
+                                sps=f"{rec['steps_per_s']:.2f}")
+                window, t0 = [], time.perf_counter()
+
+            if val is not None and val.size(0) and (step % cfg.val_every == 0 or step == cfg.steps):
+                records = validate(net, val, lambdas, cfg.metric, device)
+                for r in records:
+                    files.append(files.val_log, {"step": step, **r})
+                mean_loss = sum(r["loss"] for r in records) / len(records)
+                if cfg.log_images:
+                    for r in records:
+                        save_side_by_side(net, val[:1].to(device), files.dir / "images" / f"step{step:07d}-level{r['level']}.png",
+                                          r["level"] if len(lambdas) > 1 else None)
+                if mean_loss < best:
+                    best = mean_loss
+                    checkpoint(step, files.best)
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                last_good = checkpoint(step)
+                files.rotate()
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    final = files.latest()
+    if rank == 0 and (final is None or int(files.CKPT.search(final.name).group(1)) != step):
+        final = checkpoint(step)
+    return final

@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gainedvae
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_model(name="gained-mbt2018-mean", lambdas=(0.0067, 0.013, 0.025, 0.0483), **kw):
+    """A tiny model with random (non-trivial) gains, ready to code."""
+    net = gainedvae.get_model(name, N=16, M=16, lambdas=lambdas, **kw)
+    if gainedvae.is_gained(net):
+        with torch.no_grad():
+            for m in (net.gain.y, net.gain.y_inv, net.gain.z, net.gain.z_inv):
+                m.log_gain.normal_(0, 0.5)
+    net.update(force=True)
+    return net.eval()
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """Six small random images of different sizes."""
+    d = tmp_path / "images"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(80, 96), (70, 64), (96, 96), (64, 80), (90, 72), (50, 40)]):
+        smooth = np.kron(rng.random((h // 8 + 1, w // 8 + 1, 3)), np.ones((8, 8, 1)))[:h, :w]
+        arr = (255 * np.clip(smooth + 0.05 * rng.standard_normal((h, w, 3)), 0, 1)).astype("uint8")
+        Image.fromarray(arr).save(d / f"img{i}.png")
+    return d

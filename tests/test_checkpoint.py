@@ -1,0 +1,82 @@
+import os
+import pickle
+
+import pytest
+import torch
+from compressai.models import MeanScaleHyperprior
+
+import gainedvae
+from gainedvae.checkpoint import CheckpointError, read_checkpoint
+
+from conftest import tiny_model
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_save_load_roundtrip_codes_identically(tmp_path, half):
+    net = tiny_model()
+    path = gainedvae.save_checkpoint(net, tmp_path / "m.pt", half=half, note="hello")
+    payload = read_checkpoint(path)
+    assert payload["model"] == "gained-mbt2018-mean"
+    assert payload["config"] == {"N": 16, "M": 16, "lambdas": list(net.lambdas)}
+    assert payload["note"] == "hello"
+    loaded = gainedvae.load_checkpoint(path)
+    assert not loaded.training and loaded.lambdas == net.lambdas
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        enc = loaded.compress(x, 2.5)
+        dec = loaded.decompress(enc["strings"], enc["shape"], 2.5)["x_hat"]
+        if not half:
+            assert enc["strings"] == net.compress(x, 2.5)["strings"]
+    assert dec.shape == x.shape
+    assert len(loaded.weights_hash) == 64
+
+
+def test_single_rate_checkpoint_records_lambda(tmp_path):
+    net = gainedvae.get_model("mbt2018-mean", N=16, M=16)
+    net.lambdas = (0.013,)
+    gainedvae.save_checkpoint(net, tmp_path / "s.pt")
+    loaded = gainedvae.load_checkpoint(tmp_path / "s.pt")
+    assert isinstance(loaded, MeanScaleHyperprior) and loaded.lambdas == (0.013,)
+
+
+def test_plain_compressai_state_dict_needs_a_name(tmp_path):
+    torch.save({"state_dict": MeanScaleHyperprior(16, 24).state_dict()}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="model="):
+        gainedvae.load_checkpoint(tmp_path / "c.pt")
+    net = gainedvae.load_checkpoint(tmp_path / "c.pt", model="gained-mbt2018-mean")
+    assert net.M == 24 and net.levels == 8
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "gainedvae-checkpoint", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        gainedvae.load_checkpoint(path)
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        gainedvae.load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        gainedvae.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    net = tiny_model()
+    path = gainedvae.save_checkpoint(net, tmp_path / "m.pt")
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        gainedvae.save_checkpoint(net, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]

@@ -1,0 +1,178 @@
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import gainedvae
+from gainedvae.data import DataError, PatchDataset, StepBatchSampler, split_dataset
+from gainedvae.train import TrainConfig, TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg(data, save_dir, **kw):
+    base = dict(
+        data=(str(data),), N=16, M=16, lambdas=(0.01, 0.05), steps=4, batch_size=2, patch_size=32,
+        val_size=32, save_every=2, val_every=2, log_every=1, save_dir=str(save_dir), lr=1e-3,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_run_writes_loadable_checkpoint_and_logs(image_dir, tmp_path):
+    final = train(cfg(image_dir, tmp_path / "run", log_images=True), progress=False)
+    assert final.name == "ckpt-0000004.pt"
+    net = gainedvae.load_checkpoint(final)
+    assert net.lambdas == (0.01, 0.05) and not net.training
+    x = torch.rand(1, 3, 40, 40)
+    enc = net.compress(x, 1.5)
+    assert net.decompress(enc["strings"], enc["shape"], 1.5)["x_hat"].shape == x.shape
+    val = [json.loads(ln) for ln in (tmp_path / "run" / "val_log.jsonl").read_text().splitlines()]
+    assert {(r["step"], r["level"]) for r in val} == {(2, 0), (2, 1), (4, 0), (4, 1)}
+    assert all(set(r) >= {"step", "level", "lambda", "loss", "bpp", "psnr"} for r in val)
+    assert (tmp_path / "run" / "best.pt").exists()
+    assert len(list((tmp_path / "run" / "images").glob("*.png"))) == 4
+    train_log = [json.loads(ln) for ln in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train_log] == [1, 2, 3, 4]
+
+
+def test_resume_continues_bit_identically(image_dir, tmp_path):
+    full = tmp_path / "full"
+    train(cfg(image_dir, full, steps=6, save_every=3, keep=5), progress=False)
+    part = tmp_path / "part"
+    train(cfg(image_dir, part, steps=6, save_every=3, keep=5), progress=False)
+    # simulate a run killed after step 3: drop later checkpoints, then resume
+    (part / "ckpt-0000006.pt").unlink()
+    train(cfg(image_dir, part, steps=6, save_every=3, keep=5), resume="latest", progress=False)
+    a = [json.loads(ln) for ln in (full / "train_log.jsonl").read_text().splitlines()]
+    b = [json.loads(ln) for ln in (part / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a[3:], b[3:]):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-6)
+    sa = gainedvae.read_checkpoint(full / "ckpt-0000006.pt")["state_dict"]
+    sb = gainedvae.read_checkpoint(part / "ckpt-0000006.pt")["state_dict"]
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_different_run(image_dir, tmp_path):
+    train(cfg(image_dir, tmp_path / "r", steps=2), progress=False)
+    with pytest.raises(TrainingError, match="lambdas"):
+        train(cfg(image_dir, tmp_path / "r", steps=2, lambdas=(0.01, 0.02)), resume="latest", progress=False)
+
+
+def test_single_rate_path(image_dir, tmp_path):
+    final = train(cfg(image_dir, tmp_path / "s", model="mbt2018-mean", lmbda=0.013), progress=False)
+    net = gainedvae.load_checkpoint(final)
+    assert type(net).__name__ == "MeanScaleHyperprior" and net.lambdas == (0.013,)
+    with pytest.raises(TrainingError, match="--lambda"):
+        train(cfg(image_dir, tmp_path / "s2", model="mbt2018-mean"), progress=False)
+
+
+def test_shared_start_initialises_gains(image_dir, tmp_path):
+    single = train(cfg(image_dir, tmp_path / "s", model="mbt2018-mean", lmbda=0.05, steps=2), progress=False)
+    c = cfg(image_dir, tmp_path / "g", steps=1, init=str(single), lr=0.0, aux_lr=0.0)
+    final = train(c, progress=False)
+    g = gainedvae.read_checkpoint(final)["state_dict"]
+    s = gainedvae.read_checkpoint(single)["state_dict"]
+    torch.testing.assert_close(g["g_a.0.weight"], s["g_a.0.weight"])
+    torch.testing.assert_close(g["gain.y.log_gain"][:, 0], 0.5 * torch.log(torch.tensor([0.01 / 0.05, 1.0])))
+
+
+def test_per_sample_level_sampling(image_dir, tmp_path):
+    final = train(cfg(image_dir, tmp_path / "p", level_sampling="sample"), progress=False)
+    assert final.exists()
+
+
+def test_nan_loss_stops_with_clear_message(image_dir, tmp_path, monkeypatch):
+    import gainedvae.train as T
+
+    real = T.rate_distortion
+    calls = {"n": 0}
+
+    def poisoned(out, x, lmbda, metric="mse"):
+        r = real(out, x, lmbda, metric)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            r["loss"] = r["loss"] * float("nan")
+        return r
+
+    monkeypatch.setattr(T, "rate_distortion", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* step 2.*ckpt-0000002.pt"):
+        train(cfg(image_dir, tmp_path / "n", val_every=100), progress=False)
+    assert (tmp_path / "n" / "ckpt-0000002.pt").exists()
+
+
+def test_bad_data_paths(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path / "missing")):
+        split_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="contains no images"):
+        split_dataset(tmp_path / "empty")
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "a.txt").write_text("x")
+    with pytest.raises(DataError, match=str(tmp_path / "txt")):
+        split_dataset(tmp_path / "txt")
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty"])
+def test_cli_reports_bad_data(tmp_path, bad):
+    if bad == "empty":
+        (tmp_path / bad).mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "train_gain.py"), "-d", str(tmp_path / bad), "--steps", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert str(tmp_path / bad) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_splits_tar_and_train_val_folders(image_dir, tmp_path):
+    train_imgs, val_imgs = split_dataset(image_dir, val_split=0.34)
+    assert len(train_imgs) == 4 and len(val_imgs) == 2
+    assert split_dataset(image_dir, val_split=0.34) == (train_imgs, val_imgs)  # deterministic
+    tar = tmp_path / "imgs.tar"
+    with tarfile.open(tar, "w") as t:
+        for p in sorted(image_dir.iterdir()):
+            t.add(p, arcname=f"sub/{p.name}")
+    tt, tv = split_dataset(tar, val_split=0.34)
+    assert len(tt) == 4 and len(tv) == 2 and isinstance(tt[0], tuple)
+    assert PatchDataset(tt, 32)[(0, 1)].shape == (3, 32, 32)
+    layout = tmp_path / "layout"
+    (layout / "train").mkdir(parents=True)
+    (layout / "val").mkdir()
+    for i, p in enumerate(sorted(image_dir.iterdir())):
+        (layout / ("val" if i == 0 else "train") / p.name).write_bytes(p.read_bytes())
+    lt, lv = split_dataset(layout)
+    assert len(lt) == 5 and len(lv) == 1
+
+
+def test_small_images_are_padded_not_crashing(image_dir):
+    imgs, _ = split_dataset(image_dir, val_split=0)
+    ds = PatchDataset(imgs, patch_size=128)
+    for i in range(len(ds)):
+        assert ds[(i, 7)].shape == (3, 128, 128)
+
+
+def test_sampler_shards_are_disjoint():
+    a = StepBatchSampler(20, 4, steps=2, seed=3, rank=0, world_size=2)
+    b = StepBatchSampler(20, 4, steps=2, seed=3, rank=1, world_size=2)
+    for step in range(2):
+        assert not set(a.batch_indices(step)) & set(b.batch_indices(step))
+    assert list(StepBatchSampler(20, 4, steps=3, seed=3, start_step=1)) == list(StepBatchSampler(20, 4, steps=3, seed=3))[1:]
+
+
+def test_torchrun_two_processes_on_cpu(image_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         str(ROOT / "train_gain.py"), "-d", str(image_dir), "-N", "16", "-M", "16", "--lambdas", "0.01,0.05",
+         "--steps", "2", "--batch-size", "2", "--patch-size", "32", "--val-size", "32", "--save-dir",
+         str(tmp_path / "ddp"), "--no-progress", "--save-every", "2", "--val-every", "2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert gainedvae.load_checkpoint(tmp_path / "ddp" / "ckpt-0000002.pt").levels == 2
