@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Evaluate a gained model over its continuous rate range, from real bitstreams.
+
+Examples:
+  python eval_gain.py                                    # shipped model on a shipped photo
+  python eval_gain.py --checkpoint runs/x/best.pt -d ../shared/data/kodak \\
+      --baseline runs/sr-*/ckpt-*.pt ../shared/anchors/kodak/compressai-mbt2018-mean_mse_cpu.json \\
+      --classic jpeg,webp,avif --output-dir results/kodak
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from gainedvae import evaluate as ev
+from gainedvae.checkpoint import CheckpointError, load_checkpoint
+from gainedvae.models import is_gained, model_name
+from gainedvae.plot import Curve, rd_plot
+from gainedvae.report import bd_markdown, bd_table
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("gain", "scgain"), default="gain")
+    p.add_argument("--checkpoint", default=None, help="gained checkpoint (default: the shipped model)")
+    p.add_argument("-d", "--dataset", default=None, help="folder of images (default: a photo shipped with matplotlib)")
+    p.add_argument("--step", type=float, default=0.25, help="quality step of the sweep")
+    p.add_argument("--baseline", nargs="*", default=[], help="single-rate checkpoints and/or results JSON files")
+    p.add_argument("--classic", default="", help="comma-separated Pillow codecs: jpeg,webp,avif")
+    p.add_argument("--output-dir", default="results/eval")
+    p.add_argument("--name", default=None, help="label of the gained model (default: its registry name)")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--cuda", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def load_gained(args, device):
+    if args.mode == "scgain":
+        raise SystemExit("eval_gain.py: error: --mode scgain needs a gained-scgain model, which this version of "
+                         "gainedvae does not provide yet; use --mode gain")
+    net = load_checkpoint(args.checkpoint, device=device)
+    if not is_gained(net):
+        raise SystemExit(f"eval_gain.py: error: {args.checkpoint} holds the single-rate model {model_name(net)}; "
+                         "pass it with --baseline and a gained model with --checkpoint")
+    return net
+
+
+def run(args) -> int:
+    device = "cuda" if args.cuda else "cpu"
+    if args.cuda and not torch.cuda.is_available():
+        raise SystemExit("eval_gain.py: error: --cuda given but torch sees no CUDA device")
+    out = Path(args.output_dir)
+    if args.step <= 0:
+        raise SystemExit("eval_gain.py: error: --step must be positive")
+    if args.dataset:
+        images = ev.list_images(Path(args.dataset), args.max_images)
+        source = f"{len(images)} images from {args.dataset}"
+    else:
+        images, source = ev.default_images()
+        print(f"no -d given: evaluating on {source}")
+    progress = not args.no_progress
+
+    net = load_gained(args, device)
+    name = args.name or model_name(net)
+    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name)
+    gained = ev.aggregate(rows, name, f"{ev.describe_model(net)}; real rANS bitstreams; {source}")
+    ev.write_json(gained, out / f"{name}.json")
+    ev.write_csv(rows, out / f"{name}-per-image.csv")
+
+    baselines, curves = [], []
+    singles = []
+    for b in args.baseline:
+        bp = Path(b)
+        if bp.suffix == ".json":
+            data = ev.load_results_json(bp)
+            data["name"] = f"{data['name']} [{bp.parent.name}/{bp.name}]"
+            baselines.append(data)
+            curves.append(Curve(data["name"], data["results"], "anchor"))
+            continue
+        snet = load_checkpoint(bp, device=device)
+        if is_gained(snet):
+            raise SystemExit(f"eval_gain.py: error: baseline {bp} is a gained model; baselines are single-rate")
+        q = ev.single_rate_label(snet)
+        srows = ev.evaluate_model(snet, images, [q], device, progress, f"{bp.name}")
+        res = ev.aggregate(srows, model_name(snet), ev.describe_model(snet),
+                           {"lambda": (getattr(snet, "lambdas", None) or [None])[0], "checkpoint": str(bp)})
+        singles.append((res, srows))
+    if singles:
+        label = f"{singles[0][0]['name']} single-rate (ours)"
+        merged = ev.merge_points([r for r, _ in singles], label,
+                                 "; ".join(r["description"] for r, _ in singles) + f"; {source}")
+        ev.write_json(merged, out / f"{singles[0][0]['name']}-single-rate.json")
+        ev.write_csv([row for _, rs in singles for row in rs], out / f"{singles[0][0]['name']}-single-rate-per-image.csv")
+        baselines.insert(0, merged)
+        curves.insert(0, Curve(label, merged["results"], "single"))
+
+    for codec in [c.strip() for c in args.classic.split(",") if c.strip()]:
+        crows = ev.evaluate_classic(codec, images, progress)
+        data = ev.aggregate(crows, f"pillow-{codec}", f"Pillow {codec.upper()} measured here; {source}")
+        ev.write_json(data, out / f"pillow-{codec}.json")
+        ev.write_csv(crows, out / f"pillow-{codec}-per-image.csv")
+        baselines.append(data)
+        curves.append(Curve(f"Pillow {codec.upper()} (measured here)", data["results"], "classic"))
+
+    table = bd_table(gained, baselines)
+    ev.write_json({"test": name, "rows": table}, out / "bd.json")
+    md = bd_markdown(name, table)
+    (out / "bd.md").write_text(md)
+    print(md)
+
+    integer = [q is not None and float(q).is_integer() for q in gained["results"]["quality"]]
+    title = f"{name} on {source}"
+    if singles and isinstance(table[0]["bd_rate_psnr"], float):
+        title += f"\nBD-rate vs single-rate set: {table[0]['bd_rate_psnr']:+.2f} % (PSNR)"
+        if isinstance(table[0]["bd_rate_ms_ssim"], float):
+            title += f", {table[0]['bd_rate_ms_ssim']:+.2f} % (MS-SSIM)"
+    all_curves = [Curve(f"{name} (continuous, ours)", gained["results"], "gained", integer)] + curves
+    for metric in ("psnr", "ms-ssim"):
+        rd_plot(all_curves, metric, out / f"rd-{metric}.png", title)
+    print(f"wrote {out}/{name}.json, per-image CSV, rd-psnr.png, rd-ms-ssim.png, bd.md, bd.json")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"eval_gain.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
