@@ -254,6 +254,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     net = get_model(cfg.model, N=cfg.N, M=cfg.M, lambdas=lambdas)
     if not is_gained(net):
         net.lambdas = lambdas
+    else:  # from scratch: levels spread around the geometric-mean lambda from step 0
+        net.gain.init_from_lambdas(lambdas, math.exp(sum(map(math.log, lambdas)) / len(lambdas)))
     if cfg.init:
         payload = read_checkpoint(cfg.init)
         state = payload.get("state_dict", payload)

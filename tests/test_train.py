@@ -29,6 +29,7 @@ def test_short_run_writes_loadable_checkpoint_and_logs(image_dir, tmp_path):
     assert final.name == "ckpt-0000004.pt"
     net = gainedvae.load_checkpoint(final)
     assert net.lambdas == (0.01, 0.05) and not net.training
+    assert (net.gain.y.gains[1] > net.gain.y.gains[0]).all()  # levels spread from the start
     x = torch.rand(1, 3, 40, 40)
     enc = net.compress(x, 1.5)
     assert net.decompress(enc["strings"], enc["shape"], 1.5)["x_hat"].shape == x.shape
