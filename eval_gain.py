@@ -16,7 +16,7 @@ import torch
 
 from gainedvae import evaluate as ev
 from gainedvae.checkpoint import CheckpointError, load_checkpoint
-from gainedvae.models import is_gained, model_name
+from gainedvae.models import is_variable_rate, model_name
 from gainedvae.plot import Curve, rd_plot
 from gainedvae.report import bd_markdown, bd_table
 
@@ -42,9 +42,9 @@ def load_gained(args, device):
         raise SystemExit("eval_gain.py: error: --mode scgain needs a gained-scgain model, which this version of "
                          "gainedvae does not provide yet; use --mode gain")
     net = load_checkpoint(args.checkpoint, device=device)
-    if not is_gained(net):
+    if not is_variable_rate(net):
         raise SystemExit(f"eval_gain.py: error: {args.checkpoint} holds the single-rate model {model_name(net)}; "
-                         "pass it with --baseline and a gained model with --checkpoint")
+                         "pass it with --baseline and a variable-rate model with --checkpoint")
     return net
 
 
@@ -81,8 +81,14 @@ def run(args) -> int:
             curves.append(Curve(data["name"], data["results"], "anchor"))
             continue
         snet = load_checkpoint(bp, device=device)
-        if is_gained(snet):
-            raise SystemExit(f"eval_gain.py: error: baseline {bp} is a gained model; baselines are single-rate")
+        if is_variable_rate(snet):  # another variable-rate model (e.g. the VBR peer): a full sweep
+            vrows = ev.evaluate_model(snet, images, ev.qualities_for(snet, args.step), device, progress, bp.name)
+            data = ev.aggregate(vrows, model_name(snet), f"{ev.describe_model(snet)}; {source}", {"checkpoint": str(bp)})
+            ev.write_json(data, out / f"{model_name(snet)}.json")
+            ev.write_csv(vrows, out / f"{model_name(snet)}-per-image.csv")
+            baselines.append(data)
+            curves.append(Curve(f"{model_name(snet)} (continuous, same budget)", data["results"], "gained"))
+            continue
         q = ev.single_rate_label(snet)
         srows = ev.evaluate_model(snet, images, [q], device, progress, f"{bp.name}")
         res = ev.aggregate(srows, model_name(snet), ev.describe_model(snet),

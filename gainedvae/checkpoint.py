@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .models import get_model, is_gained, model_name
+from .models import get_model, is_variable_rate, model_name
 
 FORMAT = "gainedvae-checkpoint"
 VERSION = 1
@@ -153,18 +153,18 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
             raise CheckpointError(f"{source}: cannot infer widths, key {err} missing") from None
     lambdas = config.pop("lambdas", None)
     try:
-        net = get_model(name, **config, **({"lambdas": lambdas} if lambdas and is_gained(name) else {}))
+        net = get_model(name, **config, **({"lambdas": lambdas} if lambdas and is_variable_rate(name) else {}))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: cannot build model {name!r} with {config}: {err}") from None
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     try:
-        if is_gained(net) and not any(k.startswith("gain.") for k in state_dict):
+        if payload.get("format") != FORMAT and hasattr(net, "load_backbone_state_dict"):
             net.load_backbone_state_dict(state_dict)
         else:
             net.load_state_dict(state_dict)
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(f"{source}: weights do not fit {name!r} {config}: {str(err).splitlines()[0]}") from None
-    if lambdas and not is_gained(net):
+    if lambdas and not is_variable_rate(net):
         net.lambdas = tuple(float(v) for v in lambdas)
     net.weights_hash = hash_state_dict(payload["state_dict"] if payload.get("format") == FORMAT else state_dict)
     return net

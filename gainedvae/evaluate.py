@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_save
 from .data import IMAGE_EXTENSIONS, load_rgb
 from .metrics import ms_ssim, ms_ssim_db, psnr, to_uint8
-from .models import DEFAULT_LAMBDAS, is_gained, model_name, pad_to_multiple
+from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, pad_to_multiple
 
 
 @dataclass
@@ -78,8 +78,8 @@ def read_image(path: Path) -> Tensor:
 
 
 def qualities_for(net: nn.Module, step: float = 0.25) -> List[float]:
-    """The sweep of a gained model: 1, 1 + step, ..., L (integers always included)."""
-    if not is_gained(net):
+    """The sweep of a variable-rate model: 1, 1 + step, ..., L (integers always included)."""
+    if not is_variable_rate(net):
         return [math.nan]
     n = int(round((net.levels - 1) / step))
     qs = sorted({round(1 + i * step, 6) for i in range(n + 1)} | set(map(float, range(1, net.levels + 1))))
@@ -97,7 +97,7 @@ def code(net: nn.Module, x: Tensor, quality: Optional[float]) -> Tuple[Tensor, i
     Returns ``(x_hat, num_bytes, estimated_bits, encode_s, decode_s)``.
     """
     h, w = x.shape[-2:]
-    if is_gained(net):
+    if is_variable_rate(net):
         t0 = time.perf_counter()
         enc = net.compress(x, quality)
         t1 = time.perf_counter()
@@ -253,7 +253,7 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
 def describe_model(net: nn.Module) -> str:
     name = model_name(net)
     lambdas = getattr(net, "lambdas", None)
-    if is_gained(net):
+    if is_variable_rate(net):
         return f"{name} N={net.N} M={net.M}, {net.levels} levels (lambdas {list(lambdas)})"
     lam = f" lambda={lambdas[0]}" if lambdas else ""
     return f"{name} N={net.N} M={net.M}{lam} (single-rate)"

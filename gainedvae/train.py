@@ -28,8 +28,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .models import DEFAULT_LAMBDAS, get_model, is_gained, pad_to_multiple
+from .models import DEFAULT_LAMBDAS, get_model, is_gained, is_variable_rate, model_name, pad_to_multiple
 from .data import PatchDataset, StepBatchSampler, load_validation, split_dataset
+from .data import mix_seed
+from .qmap import DEFAULT_LAMBDA_RANGE, check_lambda_range, lambda_scale, random_qmaps
 
 
 class TrainingError(RuntimeError):
@@ -73,10 +75,12 @@ class TrainConfig:
     init: Optional[str] = None
     threads: int = 0
     channels_last: bool = False
+    # gained-scgain: pixel-wise lambda = level lambda * LOW ** (1 - q) * HIGH ** q (gainedvae.qmap.lambda_scale)
+    qmap_lambda_range: Tuple[float, float] = DEFAULT_LAMBDA_RANGE
     extra: Dict[str, object] = field(default_factory=dict)
 
     def run_lambdas(self) -> Tuple[float, ...]:
-        if is_gained(self.model):
+        if is_variable_rate(self.model):
             return tuple(float(v) for v in self.lambdas)
         if self.lmbda is None:
             raise TrainingError(f"single-rate model {self.model!r} needs --lambda")
@@ -90,12 +94,21 @@ class TrainConfig:
 def rate_distortion(out: Dict, x: Tensor, lmbda: Tensor, metric: str = "mse") -> Dict[str, Tensor]:
     """``lambda * 255^2 * MSE + bpp`` (or ``lambda * (1 - MS-SSIM) + bpp``) per sample, averaged.
 
-    ``lmbda`` is a scalar or a ``(B,)`` tensor (per-sample levels).
+    ``lmbda`` is a scalar or a ``(B,)`` tensor (per-sample levels), or a
+    pixel-wise ``(B|1, 1, H, W)`` lambda map (``gained-scgain``; MSE only):
+    ``mean(lambda_map * 255^2 * (x_hat - x)^2) + bpp``.
     """
     n, _, h, w = x.shape
     num_pixels = h * w
     bpp = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values()) / num_pixels
-    mse = F.mse_loss(out["x_hat"], x, reduction="none").flatten(1).mean(1)
+    sq_err = F.mse_loss(out["x_hat"], x, reduction="none")
+    mse = sq_err.flatten(1).mean(1)
+    if lmbda.dim() == 4:  # pixel-wise lambda map
+        if metric != "mse":
+            raise TrainingError(f"a pixel-wise lambda map (gained-scgain) needs --metric mse, got {metric!r}")
+        weighted = (lmbda.to(x.device) * 255.0**2 * sq_err).flatten(1).mean(1)
+        psnr = -10 * torch.log10(mse.clamp_min(1e-10))
+        return {"loss": (weighted + bpp).mean(), "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
     lmbda = lmbda.to(x.device).expand(n)
     if metric == "mse":
         distortion = 255.0**2 * mse
@@ -115,6 +128,15 @@ def configure_optimizers(net: nn.Module, lr: float, aux_lr: float):
     net_params = [p for n, p in net.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux_params = [p for n, p in net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
     return torch.optim.Adam(net_params, lr=lr), torch.optim.Adam(aux_params, lr=aux_lr)
+
+
+def aux_loss(net: nn.Module) -> Tensor:
+    """The entropy bottlenecks' quantile loss (CompressAI's ``aux_loss``, also
+    counting the variable-rate bottleneck of the VBR models)."""
+    from compressai.entropy_models import EntropyBottleneck, EntropyBottleneckVbr
+
+    losses = [m.loss() for m in net.modules() if isinstance(m, (EntropyBottleneck, EntropyBottleneckVbr))]
+    return sum(losses[1:], losses[0])
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -148,9 +170,22 @@ def sample_levels(cfg: TrainConfig, step: int, batch: int, levels: int) -> Optio
     raise TrainingError(f"--level-sampling must be batch or sample, got {cfg.level_sampling!r}")
 
 
-def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None]):
-    """Forward a gained model at ``level`` or a single-rate CompressAI model
-    (padded to its downsampling factor like the gained models pad themselves)."""
+def takes_qmap(net: nn.Module) -> bool:
+    """A model with a quality-map input (``gained-scgain``)."""
+    return bool(getattr(_unwrap(net), "takes_qmap", False))
+
+
+def sample_qmaps(cfg: TrainConfig, step: int, x: Tensor, rank: int = 0) -> Tensor:
+    """Random quality maps for a batch (:func:`gainedvae.qmap.random_qmaps`),
+    a function of ``(seed, step, rank)`` like the batches themselves."""
+    g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, rank, 0x9A9))
+    return random_qmaps(x.size(0), x.size(-2), x.size(-1), g).to(x.device)
+
+
+def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None], qmap: Optional[Tensor] = None):
+    """Forward a gained model at ``level`` (with ``qmap`` for ``gained-scgain``;
+    without one it uses its default uniform 0.5 map) or a single-rate CompressAI
+    model (padded to its downsampling factor like the gained models pad themselves)."""
     if level is None:
         h, w = x.shape[-2:]
         out = net(pad_to_multiple(x, _unwrap(net).downsampling_factor))
@@ -158,6 +193,8 @@ def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None]):
         return out
     if isinstance(level, Tensor):
         level = int(level) if level.dim() == 0 else level.to(x.device)
+    if qmap is not None:
+        return net(x, level=level, qmap=qmap)
     return net(x, level=level)
 
 
@@ -207,7 +244,7 @@ def validate(net: nn.Module, images: Tensor, lambdas: Sequence[float], metric: s
         sums: Dict[str, float] = {}
         for i in range(images.size(0)):
             x = images[i : i + 1].to(device)
-            out = model_forward(net, x, level if is_gained(net) else None)
+            out = model_forward(net, x, level if is_variable_rate(net) else None)
             out["x_hat"] = out["x_hat"].clamp(0, 1)
             r = rate_distortion(out, x, torch.tensor(lmbda), metric)
             for k, v in r.items():
@@ -252,18 +289,19 @@ def init_distributed(cfg: TrainConfig) -> Tuple[int, int, torch.device]:
 def build_model(cfg: TrainConfig) -> nn.Module:
     lambdas = cfg.run_lambdas()
     net = get_model(cfg.model, N=cfg.N, M=cfg.M, lambdas=lambdas)
-    if not is_gained(net):
+    if not is_variable_rate(net):
         net.lambdas = lambdas
-    else:  # from scratch: levels spread around the geometric-mean lambda from step 0
+    elif is_gained(net):  # from scratch: levels spread around the geometric-mean lambda from step 0
         net.gain.init_from_lambdas(lambdas, math.exp(sum(map(math.log, lambdas)) / len(lambdas)))
     if cfg.init:
         payload = read_checkpoint(cfg.init)
         state = payload.get("state_dict", payload)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        if is_gained(net) and not any(k.startswith("gain.") for k in state):
+        if payload.get("model") != model_name(net) and hasattr(net, "load_backbone_state_dict"):
+            # shared start from another model (e.g. a single-rate checkpoint)
             net.load_backbone_state_dict(state)
             ref = payload.get("config", {}).get("lambdas", [None])
-            if len(ref) == 1 and ref[0]:
+            if is_gained(net) and len(ref) == 1 and ref[0]:
                 net.gain.init_from_lambdas(lambdas, ref[0])
         else:
             net.load_state_dict(state)
@@ -278,11 +316,20 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
     files = RunFiles(cfg.save_dir, cfg.keep)
     train_images, val_images = split_dataset(cfg.data, cfg.val_split)
     lambdas = cfg.run_lambdas()
+    if cfg.level_sampling == "sample" and cfg.model.endswith("-vbr"):
+        raise TrainingError(f"{cfg.model} codes one level per batch (CompressAI's design): use --level-sampling batch")
     if cfg.metric == "ms-ssim" and min(cfg.patch_size, cfg.val_size) < 161:
         raise TrainingError("--metric ms-ssim needs --patch-size and --val-size of at least 161 (5 scales)")
 
     torch.manual_seed(cfg.seed)
     net = build_model(cfg).to(device)
+    if takes_qmap(net):  # gained-scgain: random maps, pixel-wise lambda (validation: default uniform 0.5 map)
+        if cfg.metric != "mse":
+            raise TrainingError(f"{cfg.model} trains with a pixel-wise lambda map: use --metric mse")
+        try:
+            check_lambda_range(cfg.qmap_lambda_range)
+        except ValueError as err:
+            raise TrainingError(f"--qmap-lambda-range: {err}") from None
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer, aux_optimizer = configure_optimizers(net, cfg.lr, cfg.aux_lr)
@@ -295,7 +342,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
             raise TrainingError(f"--resume: no checkpoint in {files.dir}")
         state = read_checkpoint(path, map_location=device)
         saved = state.get("train_config", {})
-        for key in ("model", "N", "M", "lambdas", "lmbda", "steps", "batch_size", "patch_size", "seed"):
+        for key in ("model", "N", "M", "lambdas", "lmbda", "steps", "batch_size", "patch_size", "seed", "qmap_lambda_range"):
             old, new = saved.get(key), getattr(cfg, key)
             if key in saved and (list(old) if isinstance(old, (list, tuple)) else old) != (list(new) if isinstance(new, (list, tuple)) else new):
                 raise TrainingError(f"--resume {path}: the run was started with {key}={old}, this command has {key}={new}")
@@ -360,9 +407,13 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         level = sample_levels(cfg, step, x.size(0), len(lambdas))
         lmbda = torch.tensor(lambdas, device=device)[level.to(device)] if level is not None else torch.tensor(lambdas[0])
 
+        qmap = sample_qmaps(cfg, step, x, rank) if takes_qmap(net) else None
+        if qmap is not None:  # pixel-wise lambda map
+            lmbda = lmbda.reshape(-1, 1, 1, 1) * lambda_scale(qmap, cfg.qmap_lambda_range)
+
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
-        out = model_forward(model, x, level)
+        out = model_forward(model, x, level, qmap)
         metrics = rate_distortion(out, x, lmbda, cfg.metric)
         if not torch.isfinite(metrics["loss"]):
             bar.close()
@@ -374,8 +425,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         if cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_max_norm)
         optimizer.step()
-        aux_loss = _unwrap(model).aux_loss()
-        aux_loss.backward()
+        aux = aux_loss(net)
+        aux.backward()
         aux_optimizer.step()
         scheduler.step()
         step += 1
@@ -386,7 +437,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t0
                 mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                rec = {"step": step, **mean, "aux_loss": aux_loss.item(), "lr": scheduler.get_last_lr()[0],
+                rec = {"step": step, **mean, "aux_loss": aux.item(), "lr": scheduler.get_last_lr()[0],
                        "steps_per_s": len(window) / elapsed}
                 files.append(files.train_log, rec)
                 bar.set_postfix(loss=f"{mean['loss']:.3f}", bpp=f"{mean['bpp']:.3f}", psnr=f"{mean['psnr']:.2f}",

@@ -34,7 +34,10 @@ gained() { stage gained -m gained-mbt2018-mean $(finetune); }
 single() { stage "single-$1" -m mbt2018-mean --lambda "$1" $(finetune); }
 singles4() { for l in 0.0018 0.18 0.0130 0.0483; do single $l; done; }
 singles8() { for l in 0.0035 0.0067 0.0250 0.0932; do single $l; done; }
+# CompressAI's variable-rate peer (issue 11): upstream's stage 1 is a single-rate model at the
+# highest lambda, i.e. our shared start; stage 2 (the VBR path, all lambdas) gets the same steps.
+vbr() { stage vbr -m mbt2018-mean-vbr $(finetune); }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(pretrain gained singles4 singles8)
+[ ${#stages[@]} -eq 0 ] && stages=(pretrain gained singles4 vbr singles8)
 for s in "${stages[@]}"; do $s; done

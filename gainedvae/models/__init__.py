@@ -9,14 +9,18 @@ from torch import nn
 
 from .base import DEFAULT_LAMBDAS, GainedModel, pad_to_multiple, validate_lambdas
 from .hyperprior import GainedHyperprior, GainedMeanScaleHyperprior, GainedScaleHyperprior
+from .scgain import SCGainedMeanScaleHyperprior
+from .vbr import MeanScaleHyperpriorVbr
 
 #: Registry name -> class. Names without ``gained-`` are CompressAI's own
 #: single-rate classes (identical to ``compressai.zoo`` architectures).
 MODEL_CLASSES: Dict[str, Type[nn.Module]] = {
     "gained-bmshj2018-hyperprior": GainedScaleHyperprior,
     "gained-mbt2018-mean": GainedMeanScaleHyperprior,
+    "gained-scgain": SCGainedMeanScaleHyperprior,  # + quality maps (spatial gain)
     "bmshj2018-hyperprior": ScaleHyperprior,
     "mbt2018-mean": MeanScaleHyperprior,
+    "mbt2018-mean-vbr": MeanScaleHyperpriorVbr,
 }
 
 MODELS = tuple(MODEL_CLASSES)
@@ -25,13 +29,13 @@ MODELS = tuple(MODEL_CLASSES)
 def get_model(name: str, **kwargs) -> nn.Module:
     """Build a model by registry name, e.g. ``get_model("gained-mbt2018-mean", N=128, M=192)``.
 
-    Gained models accept ``lambdas``; single-rate models only ``N`` and ``M``.
+    Variable-rate models (gained, VBR) accept ``lambdas``; single-rate models only ``N`` and ``M``.
     """
     try:
         cls = MODEL_CLASSES[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}") from None
-    if not issubclass(cls, GainedModel):
+    if not is_variable_rate(name):
         kwargs.pop("lambdas", None)
     return cls(**kwargs)
 
@@ -45,9 +49,18 @@ def model_name(model: nn.Module) -> str:
 
 
 def is_gained(model_or_name) -> bool:
+    """A model with gain units (ours)."""
     if isinstance(model_or_name, str):
         return issubclass(MODEL_CLASSES[model_or_name], GainedModel)
     return isinstance(model_or_name, GainedModel)
+
+
+def is_variable_rate(model_or_name) -> bool:
+    """A model that codes several levels and a continuous quality: gained models and
+    CompressAI's VBR peer. They share one interface: ``lambdas``, ``levels``,
+    ``forward(x, level=|quality=)``, ``compress(x, quality)``, ``decompress(strings, shape, quality)``."""
+    cls = MODEL_CLASSES[model_or_name] if isinstance(model_or_name, str) else type(model_or_name)
+    return issubclass(cls, (GainedModel, MeanScaleHyperpriorVbr))
 
 
 __all__ = [
@@ -56,10 +69,13 @@ __all__ = [
     "GainedMeanScaleHyperprior",
     "GainedModel",
     "GainedScaleHyperprior",
+    "MeanScaleHyperpriorVbr",
     "MODELS",
     "MODEL_CLASSES",
+    "SCGainedMeanScaleHyperprior",
     "get_model",
     "is_gained",
+    "is_variable_rate",
     "model_name",
     "pad_to_multiple",
     "validate_lambdas",
