@@ -1,0 +1,244 @@
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gainedvae
+from gainedvae import codec
+from gainedvae.checkpoint import DEFAULT_CHECKPOINT
+from gainedvae.cli import main
+
+LAMBDAS = (0.0035, 0.013, 0.0483, 0.18)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    net = gainedvae.get_model("gained-mbt2018-mean", N=16, M=16, lambdas=LAMBDAS)
+    net.gain.init_from_lambdas(net.lambdas, reference=1e-4)
+    net.update(force=True)
+    return net
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    gainedvae.save_checkpoint(_model(0), d / "tiny.pt")
+    gainedvae.save_checkpoint(_model(1), d / "other.pt")
+    plain = gainedvae.get_model("mbt2018-mean", N=16, M=16)
+    plain.update(force=True)
+    gainedvae.save_checkpoint(plain, d / "plain.pt")
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.random((6, 8, 3)), np.ones((8, 8, 1)))[:40, :56]
+    Image.fromarray((255 * smooth).astype(np.uint8)).save(d / "img.png")
+    (d / "notes.txt").write_text("hello")
+    return d
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, out, err, match=None):
+    assert rc == 2
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gainedvae: error: "), err
+    assert "Traceback" not in err and out == ""
+    if match is not None:
+        assert match in lines[0], lines[0]
+    return lines[0]
+
+
+def test_compress_info_decompress_roundtrip(files, tmp_path, capsys):
+    out = tmp_path / "a.gvae"
+    rc, stdout, err = run(capsys, "compress", files / "img.png", "-o", out, "-c", files / "tiny.pt", "-q", 2.5)
+    assert rc == 0 and err == "" and out.is_file()
+    assert len(stdout.splitlines()) == 1 and f"{out.stat().st_size} bytes" in stdout
+    assert "bpp" in stdout and "quality 2.5" in stdout
+
+    rc, stdout, err = run(capsys, "info", out)
+    net = gainedvae.load_checkpoint(files / "tiny.pt")
+    assert rc == 0 and err == ""
+    for text in ["gained-mbt2018-mean", net.weights_hash[:32], "56x40", "quality:     2.5", "version 1",
+                 f"{out.stat().st_size} bytes", "flags 0x00", "streams:     2 (y="]:
+        assert text in stdout, (text, stdout)
+
+    png = tmp_path / "a.png"
+    rc, stdout, err = run(capsys, "decompress", out, "-o", png, "-c", files / "tiny.pt")
+    assert rc == 0 and err == "" and len(stdout.splitlines()) == 1
+    expect = codec.tensor_to_image(codec.decode(net, out.read_bytes()))
+    assert np.array_equal(codec.load_image(png), expect)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gvae", "a.png"]  # no temp files left
+
+
+def test_default_quality_is_the_middle_and_rate_control_reports(files, tmp_path, capsys):
+    rc, stdout, _ = run(capsys, "compress", files / "img.png", "-o", tmp_path / "m.gvae", "-c", files / "tiny.pt")
+    assert rc == 0 and "quality 2.5" in stdout
+    assert codec.read_container(tmp_path / "m.gvae").quality == 2.5
+
+    rc, stdout, _ = run(capsys, "compress", files / "img.png", "-o", tmp_path / "b.gvae", "-c", files / "tiny.pt", "--bpp", 0.8)
+    c = codec.read_container(tmp_path / "b.gvae")
+    assert rc == 0 and abs(c.bpp / 0.8 - 1) <= 0.02
+    assert "iterations" in stdout and "reached" in stdout and f"{c.nbytes} bytes" in stdout
+
+    rc, stdout, _ = run(capsys, "compress", files / "img.png", "-o", tmp_path / "c.gvae", "-c", files / "tiny.pt", "--bpp", 99)
+    assert rc == 0 and "clamped to quality 4" in stdout and codec.read_container(tmp_path / "c.gvae").quality == 4
+
+    rc, stdout, _ = run(capsys, "compress", files / "img.png", "-o", tmp_path / "p.gvae", "-c", files / "tiny.pt", "--psnr", 80)
+    assert rc == 0 and "dB" in stdout and "clamped" in stdout
+
+
+def test_existing_output_needs_force(files, tmp_path, capsys):
+    out = tmp_path / "x.gvae"
+    out.write_bytes(b"precious")
+    args = ["compress", files / "img.png", "-o", out, "-c", files / "tiny.pt"]
+    assert_one_line_error(*run(capsys, *args), match="already exists (use --force")
+    assert out.read_bytes() == b"precious"
+    rc, _, _ = run(capsys, *args, "--force")
+    assert rc == 0 and out.read_bytes()[:4] == b"GVAE"
+
+    png = tmp_path / "x.png"
+    png.write_bytes(b"precious")
+    assert_one_line_error(*run(capsys, "decompress", out, "-o", png, "-c", files / "tiny.pt"), match="--force")
+    assert png.read_bytes() == b"precious"
+    assert run(capsys, "decompress", out, "-o", png, "-c", files / "tiny.pt", "-f")[0] == 0
+    assert codec.load_image(png).shape == (40, 56, 3)
+
+
+def _hostile(sample: bytes):
+    def recrc(body):
+        return body + struct.pack(">I", zlib.crc32(body))
+
+    rng = np.random.default_rng(0)
+    flipped = bytearray(sample)
+    flipped[len(sample) // 2] ^= 0x10
+    return {
+        "truncated": (sample[: len(sample) // 2], "truncated"),
+        "bit-flipped": (bytes(flipped), "CRC32"),
+        "random": (rng.bytes(300), "not a gainedvae file"),
+        "empty": (b"", "empty"),
+        "wrong-magic": (b"RIFF" + sample[4:], "not a gainedvae file"),
+        "newer-version": (recrc(sample[:4] + b"\x07" + sample[5:-4]), "file format version 7 is newer than this gainedvae supports (1)"),
+        "crc-mismatch": (sample[:-4] + bytes(4), "CRC32 mismatch"),
+    }
+
+
+@pytest.fixture(scope="module")
+def sample(files):
+    return codec.encode(gainedvae.load_checkpoint(files / "tiny.pt"), codec.load_image(files / "img.png"), 2)
+
+
+@pytest.mark.parametrize("case", ["truncated", "bit-flipped", "random", "empty", "wrong-magic", "newer-version", "crc-mismatch"])
+def test_hostile_files_give_one_line_errors(files, sample, tmp_path, capsys, case):
+    data, match = _hostile(sample)[case]
+    bad = tmp_path / "bad.gvae"
+    bad.write_bytes(data)
+    out = tmp_path / "out.png"
+    assert_one_line_error(*run(capsys, "decompress", bad, "-o", out, "-c", files / "tiny.pt"), match=match)
+    assert not out.exists()
+    assert_one_line_error(*run(capsys, "info", bad), match=match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gvae"]
+
+
+def test_other_weights_are_refused(files, sample, tmp_path, capsys):
+    (tmp_path / "s.gvae").write_bytes(sample)
+    line = assert_one_line_error(*run(capsys, "decompress", tmp_path / "s.gvae", "-o", tmp_path / "o.png", "-c", files / "other.pt"))
+    tiny = gainedvae.load_checkpoint(files / "tiny.pt").weights_hash[:32]
+    other = gainedvae.load_checkpoint(files / "other.pt").weights_hash[:32]
+    assert tiny in line and other in line
+    assert not (tmp_path / "o.png").exists()
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_code_checkpoint_is_refused(files, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "gainedvae-checkpoint", "payload": Evil(marker)}, evil)
+    out = tmp_path / "o.gvae"
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", out, "-c", evil), match="refusing to load")
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["compress", "{d}/missing.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt"], "does not exist"),
+        (["compress", "{d}/notes.txt", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt"], "not an image"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/missing.pt"], "does not exist"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/notes.txt"], "cannot read checkpoint"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/plain.pt"], "single-rate"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "--qmap", "{d}/img.png"], "gained-scgain"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "-q", "7"], "outside the trained range"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "-q", "2", "--bpp", "1"], "not allowed"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "--bpp", "-1"], "positive"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "-q", "abc"], "invalid float"),
+        (["compress", "{d}/img.png", "-c", "{d}/tiny.pt"], "required: -o"),
+        (["compress", "{d}/img.png", "-o", "{d}", "-c", "{d}/tiny.pt"], "is a directory"),
+        (["decompress", "{d}/missing.gvae", "-o", "{t}/o.png", "-c", "{d}/tiny.pt"], "does not exist"),
+        (["info", "{d}"], "is a directory"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_usage_and_input_errors_are_one_line(files, tmp_path, capsys, argv, match):
+    argv = [a.format(d=files, t=tmp_path) for a in argv]
+    assert_one_line_error(*run(capsys, *argv), match=match)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(DEFAULT_CHECKPOINT.is_file(), reason="a default model is shipped")
+def test_missing_default_model_is_a_clear_error(files, tmp_path, capsys):
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae"), match="no shipped default model")
+
+
+def test_alpha_warning_is_one_line(files, tmp_path, capsys):
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (20, 12), (10, 20, 30, 40)).save(rgba)
+    rc, out, err = run(capsys, "compress", rgba, "-o", tmp_path / "o.gvae", "-c", files / "tiny.pt")
+    assert rc == 0 and err.splitlines() == [f"gainedvae: warning: {rgba}: dropping the alpha channel (RGBA image coded as RGB)"]
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0 and "compress" in capsys.readouterr().out
+    assert main(["--version"]) == 0 and gainedvae.__version__ in capsys.readouterr().out
+
+
+def test_subprocess_python_m_gainedvae(files, sample, tmp_path):
+    """One real process (imports take seconds here): a hostile file through
+    ``python -m gainedvae`` gives one error line, status 2, no traceback, no output."""
+    bad = tmp_path / "bad.gvae"
+    bad.write_bytes(sample[:-10])
+    png = tmp_path / "o.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gainedvae", "decompress", str(bad), "-o", str(png), "-c", str(files / "tiny.pt")],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gainedvae: error: ") and "truncated" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not png.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.gvae"]
