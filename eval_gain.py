@@ -6,6 +6,8 @@ Examples:
   python eval_gain.py --checkpoint runs/x/best.pt -d ../shared/data/kodak \\
       --baseline runs/sr-*/ckpt-*.pt ../shared/anchors/kodak/compressai-mbt2018-mean_mse_cpu.json \\
       --classic jpeg,webp,avif --output-dir results/kodak
+  python eval_gain.py --mode scgain --checkpoint runs/sc/best.pt -d ../shared/data/kodak \\
+      --qmap mask.png --gain-checkpoint runs/x/best.pt --output-dir results/scgain   # docs/scgain.md
 """
 
 import argparse
@@ -34,13 +36,17 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--cuda", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("--mode scgain (gained-scgain with quality maps; see docs/scgain.md)")
+    g.add_argument("--qmap", nargs="*", default=[], metavar="MASK",
+                   help="grayscale ROI map(s), white = high quality: PSNR inside / outside is reported")
+    g.add_argument("--qmap-values", type=lambda t: tuple(float(v) for v in t.replace(",", " ").split()),
+                   default=(0.0, 0.25, 0.5, 0.75, 1.0), help="values of the uniform maps (default: 0,0.25,0.5,0.75,1)")
+    g.add_argument("--gain-checkpoint", default=None,
+                   help="channel-gain checkpoint or results JSON plotted next to the uniform-map curves")
     return p.parse_args(argv)
 
 
 def load_gained(args, device):
-    if args.mode == "scgain":
-        raise SystemExit("eval_gain.py: error: --mode scgain needs a gained-scgain model, which this version of "
-                         "gainedvae does not provide yet; use --mode gain")
     net = load_checkpoint(args.checkpoint, device=device)
     if not is_variable_rate(net):
         raise SystemExit(f"eval_gain.py: error: {args.checkpoint} holds the single-rate model {model_name(net)}; "
@@ -62,6 +68,12 @@ def run(args) -> int:
         images, source = ev.default_images()
         print(f"no -d given: evaluating on {source}")
     progress = not args.no_progress
+    if args.mode == "scgain":  # uniform / gradient / ROI maps (gainedvae/evaluate_scgain.py)
+        from gainedvae.evaluate_scgain import run_scgain
+
+        return run_scgain(args, images, source, device, progress)
+    if args.qmap or args.gain_checkpoint:
+        raise SystemExit("eval_gain.py: error: --qmap and --gain-checkpoint need --mode scgain")
 
     net = load_gained(args, device)
     name = args.name or model_name(net)

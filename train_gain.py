@@ -4,6 +4,7 @@
 Examples:
   python train_gain.py -d data/ --cuda                                  # gained-mbt2018-mean, 8 lambdas
   python train_gain.py -d data/ -m mbt2018-mean --lambda 0.013          # single-rate baseline
+  python train_gain.py -d data/ -m gained-scgain --qmap-lambda-range 0.25 4   # + quality maps (docs/scgain.md)
   python train_gain.py -d data/ --save-dir runs/x --resume              # continue the latest checkpoint
   torchrun --nproc_per_node=4 train_gain.py -d data/ --cuda             # several GPUs
 """
@@ -62,6 +63,11 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--log-images", action="store_true")
     p.add_argument("--downscale-jpeg", action="store_true", help="halve large JPEGs before cropping")
+    p.add_argument("--entropy-model", choices=("gaussian", "asymmetric", "gmm"), default=None,
+                   help="entropy model of the gained hyperprior models (default: gaussian)")
+    p.add_argument("--qmap-lambda-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=d.qmap_lambda_range,
+                   help="gained-scgain: pixel lambda = level lambda * LOW**(1-q) * HIGH**q for map value q "
+                        "(default: %(default)s, i.e. 1 at q=0.5)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -79,6 +85,7 @@ def config_from_args(args) -> TrainConfig:
         keep=args.keep, val_every=args.val_every, val_split=args.val_split, val_size=args.val_size,
         val_max_images=args.val_max_images, log_every=args.log_every, log_images=args.log_images,
         downscale_jpeg=args.downscale_jpeg, init=args.init, threads=args.threads, channels_last=args.channels_last,
+        qmap_lambda_range=tuple(args.qmap_lambda_range), entropy_model=args.entropy_model,
     )
 
 

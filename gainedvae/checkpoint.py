@@ -60,11 +60,15 @@ def atomic_save(writer, path: PathLike) -> None:
 
 
 def model_config(model: nn.Module) -> Dict[str, Any]:
-    """What is needed to rebuild ``model``: widths and lambdas."""
+    """What is needed to rebuild ``model``: widths, lambdas, and whatever the
+    model's ``config_extra()`` adds (constructor arguments such as ``entropy_model``)."""
     config: Dict[str, Any] = {"N": int(model.N), "M": int(model.M)}
     lambdas = getattr(model, "lambdas", None)
     if lambdas is not None:
         config["lambdas"] = [float(v) for v in lambdas]
+    extra = getattr(model, "config_extra", None)  # more constructor arguments, e.g. entropy_model
+    if callable(extra):
+        config.update(extra())
     return config
 
 

@@ -77,6 +77,7 @@ class TrainConfig:
     channels_last: bool = False
     # gained-scgain: pixel-wise lambda = level lambda * LOW ** (1 - q) * HIGH ** q (gainedvae.qmap.lambda_scale)
     qmap_lambda_range: Tuple[float, float] = DEFAULT_LAMBDA_RANGE
+    entropy_model: Optional[str] = None  # gained hyperprior models: gaussian | asymmetric | gmm
     extra: Dict[str, object] = field(default_factory=dict)
 
     def run_lambdas(self) -> Tuple[float, ...]:
@@ -288,7 +289,11 @@ def init_distributed(cfg: TrainConfig) -> Tuple[int, int, torch.device]:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     lambdas = cfg.run_lambdas()
-    net = get_model(cfg.model, N=cfg.N, M=cfg.M, lambdas=lambdas)
+    extra = {"entropy_model": cfg.entropy_model} if cfg.entropy_model else {}
+    try:
+        net = get_model(cfg.model, N=cfg.N, M=cfg.M, lambdas=lambdas, **extra)
+    except TypeError as err:
+        raise TrainingError(f"model {cfg.model!r} does not take these options ({err})") from None
     if not is_variable_rate(net):
         net.lambdas = lambdas
     elif is_gained(net):  # from scratch: levels spread around the geometric-mean lambda from step 0
@@ -342,7 +347,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
             raise TrainingError(f"--resume: no checkpoint in {files.dir}")
         state = read_checkpoint(path, map_location=device)
         saved = state.get("train_config", {})
-        for key in ("model", "N", "M", "lambdas", "lmbda", "steps", "batch_size", "patch_size", "seed", "qmap_lambda_range"):
+        for key in ("model", "N", "M", "lambdas", "lmbda", "steps", "batch_size", "patch_size", "seed", "qmap_lambda_range",
+                    "entropy_model"):
             old, new = saved.get(key), getattr(cfg, key)
             if key in saved and (list(old) if isinstance(old, (list, tuple)) else old) != (list(new) if isinstance(new, (list, tuple)) else new):
                 raise TrainingError(f"--resume {path}: the run was started with {key}={old}, this command has {key}={new}")

@@ -177,3 +177,16 @@ def test_torchrun_two_processes_on_cpu(image_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert gainedvae.load_checkpoint(tmp_path / "ddp" / "ckpt-0000002.pt").levels == 2
+
+
+@pytest.mark.parametrize("kind", ["asymmetric", "gmm"])
+def test_entropy_model_option_is_trained_and_recorded(image_dir, tmp_path, kind):
+    final = train(cfg(image_dir, tmp_path / kind, steps=2, entropy_model=kind), progress=False)
+    assert gainedvae.read_checkpoint(final)["config"]["entropy_model"] == kind
+    net = gainedvae.load_checkpoint(final)
+    assert net.entropy_model == kind
+    x = torch.rand(1, 3, 40, 40)
+    enc = net.compress(x, 1.5)
+    assert torch.equal(net.decompress(enc["strings"], enc["shape"], 1.5)["x_hat"], net(x, quality=1.5)["x_hat"].clamp(0, 1))
+    with pytest.raises(TrainingError, match="does not take"):
+        train(cfg(image_dir, tmp_path / "x", model="mbt2018-mean", lmbda=0.01, entropy_model=kind), progress=False)

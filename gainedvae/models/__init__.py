@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Dict, Type
 
-from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+from compressai.models import JointAutoregressiveHierarchicalPriors, MeanScaleHyperprior, ScaleHyperprior
 from torch import nn
 
 from .base import DEFAULT_LAMBDAS, GainedModel, pad_to_multiple, validate_lambdas
+from .cheng2020 import Cheng2020AttentionGMM, GainedCheng2020AttentionGMM
+from .context import GainedCheckerboard, GainedContextModel, GainedJointAutoregressive
 from .hyperprior import GainedHyperprior, GainedMeanScaleHyperprior, GainedScaleHyperprior
 from .scgain import SCGainedMeanScaleHyperprior
 from .vbr import MeanScaleHyperpriorVbr
@@ -21,6 +23,12 @@ MODEL_CLASSES: Dict[str, Type[nn.Module]] = {
     "bmshj2018-hyperprior": ScaleHyperprior,
     "mbt2018-mean": MeanScaleHyperprior,
     "mbt2018-mean-vbr": MeanScaleHyperpriorVbr,
+    # context models (gainedvae.models.context / .cheng2020)
+    "gained-mbt2018": GainedJointAutoregressive,
+    "gained-mbt2018-checkerboard": GainedCheckerboard,
+    "gained-cheng2020-attn": GainedCheng2020AttentionGMM,  # Gaussian mixture, K = 3
+    "mbt2018": JointAutoregressiveHierarchicalPriors,
+    "cheng2020-attn-gmm": Cheng2020AttentionGMM,  # single-rate twin of gained-cheng2020-attn
 }
 
 MODELS = tuple(MODEL_CLASSES)
@@ -64,7 +72,12 @@ def is_variable_rate(model_or_name) -> bool:
 
 
 __all__ = [
+    "Cheng2020AttentionGMM",
     "DEFAULT_LAMBDAS",
+    "GainedCheckerboard",
+    "GainedCheng2020AttentionGMM",
+    "GainedContextModel",
+    "GainedJointAutoregressive",
     "GainedHyperprior",
     "GainedMeanScaleHyperprior",
     "GainedModel",

@@ -78,15 +78,24 @@ class GainedModel:
             raise ValueError("compress/decompress take one quality for the whole batch")
         return q
 
+    #: State-dict key prefixes of modules that are not part of the CompressAI
+    #: backbone; subclasses append theirs (e.g. spatial feature transforms).
+    extra_key_prefixes: Tuple[str, ...] = ("gain.",)
+
     def load_backbone_state_dict(self, state_dict: Dict[str, Tensor]) -> None:
         """Load a CompressAI state dict of the same backbone; gains are reset to 1.
 
+        Keys under :attr:`extra_key_prefixes` may be absent (gains are then
+        reset to 1, other extra modules keep their initial values) or present
+        (e.g. a gained model's weights loaded into a model that extends it).
+
         Raises:
-            KeyError: when keys other than the gains are missing or unexpected.
+            KeyError: when backbone keys are missing or keys are unexpected.
         """
-        own = {k for k in self.state_dict() if not k.startswith("gain.")}
+        extra = tuple(self.extra_key_prefixes)
+        own = {k for k in self.state_dict() if not k.startswith(extra)}
         missing = sorted(own - set(state_dict))
-        unexpected = sorted(set(state_dict) - own)
+        unexpected = sorted(set(state_dict) - set(self.state_dict()))
         if missing or unexpected:
             raise KeyError(
                 f"state dict does not match the {type(self).__name__} backbone: "
@@ -95,8 +104,8 @@ class GainedModel:
             )
         merged = dict(state_dict)
         for k, v in self.state_dict().items():
-            if k.startswith("gain."):
-                merged[k] = torch.zeros_like(v)
+            if k not in merged:  # an extra key the state dict lacks
+                merged[k] = torch.zeros_like(v) if k.startswith("gain.") else v
         self.load_state_dict(merged)
 
     def latent_shape(self, shape: Sequence[int]) -> Tuple[int, int]:

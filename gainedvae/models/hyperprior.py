@@ -14,6 +14,7 @@ import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import Tensor
 
+from ..entropy import configure_entropy_model, split_entropy_params
 from ..gain import QualityLike
 from .base import DEFAULT_LAMBDAS, GainedModel, pad_to_multiple
 
@@ -35,10 +36,17 @@ class GainedHyperprior(GainedModel):
                    └───┘ └─────┘
 
         G_y, IG_y, G_z, IG_z = gain / inverse-gain vectors at the quality q
-        EB = entropy bottleneck, GC = Gaussian conditional
+        EB = entropy bottleneck, GC = Gaussian conditional (or the asymmetric
+        Gaussian / GMM of ``entropy_model``, see :mod:`gainedvae.entropy`)
 
     Subclasses provide ``_hyper_analysis(y)`` and ``_entropy_params(z_hat)``.
     """
+
+    def config_extra(self):
+        """Constructor arguments beyond N, M, lambdas that a checkpoint records
+        (nothing for the default Gaussian, so such checkpoints stay as they were)."""
+        kind = getattr(self, "entropy_model", "gaussian")
+        return {} if kind == "gaussian" else {"entropy_model": kind}
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -129,17 +137,22 @@ class GainedScaleHyperprior(GainedHyperprior, ScaleHyperprior):
         N (int): channels of the transforms and of ``z``
         M (int): channels of ``y``
         lambdas (sequence of float): one lambda per level, increasing
+        entropy_model (str): ``"gaussian"`` (CompressAI's), ``"asymmetric"``
+            or ``"gmm"``; zero-mean here (see :func:`gainedvae.entropy.configure_entropy_model`)
     """
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
+    def __init__(
+        self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, entropy_model: str = "gaussian", **kwargs
+    ):
         super().__init__(N=N, M=M, **kwargs)
         self._init_gains(lambdas, M, N)
+        configure_entropy_model(self, entropy_model, M, with_means=False)
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(torch.abs(y))
 
     def _entropy_params(self, z_hat: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        return self.h_s(z_hat), None
+        return split_entropy_params(self, self.h_s(z_hat))
 
 
 class GainedMeanScaleHyperprior(GainedHyperprior, MeanScaleHyperprior):
@@ -154,15 +167,19 @@ class GainedMeanScaleHyperprior(GainedHyperprior, MeanScaleHyperprior):
         N (int): channels of the transforms and of ``z``
         M (int): channels of ``y``
         lambdas (sequence of float): one lambda per level, increasing
+        entropy_model (str): ``"gaussian"`` (CompressAI's), ``"asymmetric"``
+            or ``"gmm"`` (K = 3), see :mod:`gainedvae.entropy`
     """
 
-    def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
+    def __init__(
+        self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, entropy_model: str = "gaussian", **kwargs
+    ):
         super().__init__(N=N, M=M, **kwargs)
         self._init_gains(lambdas, M, N)
+        configure_entropy_model(self, entropy_model, M, with_means=True)
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(y)
 
     def _entropy_params(self, z_hat: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
-        return scales_hat, means_hat
+        return split_entropy_params(self, self.h_s(z_hat))

@@ -1,0 +1,472 @@
+"""Entropy models beyond CompressAI's Gaussian: asymmetric Gaussian and GMM.
+
+Both are drop-in replacements for :class:`compressai.entropy_models.GaussianConditional`
+inside a hyperprior's data flow: they are called exactly like it
+(``cond(y, scales, means=...)``, ``cond.build_indexes(scales)``,
+``cond.compress(y, indexes, means=...)``, ``cond.decompress(strings, indexes,
+dtype, means=...)``), only ``scales`` carries more than one number per latent
+element (the "packed" parameters below). A model switches with
+``entropy_model="gaussian" | "asymmetric" | "gmm"`` (see :func:`configure_entropy_model`).
+All of them code with CompressAI's rANS coder (:mod:`compressai.ans`).
+
+:class:`AsymmetricGaussianConditional`
+    The asymmetric ("split") Gaussian of Cui et al., CVPR 2021 (the "A" of
+    AG-VAE): one mean, a left scale below it and a right scale above it::
+
+        p(x) = 2 / (sqrt(2 pi) (s_l + s_r)) * exp(-(x - mu)^2 / (2 s_l^2))   x <  mu
+                                            * exp(-(x - mu)^2 / (2 s_r^2))   x >= mu
+
+    Packed scales: ``cat(s_l, s_r)`` on the channel axis (``2M`` channels).
+    With ``s_l == s_r`` the likelihood is bit-identical to CompressAI's Gaussian.
+
+    CDF path: a table over *pairs* of CompressAI's 64 log-spaced scales. Both
+    scales are rounded up to the table like :meth:`GaussianConditional.build_indexes`
+    does, the CDF index is ``64 * i_left + i_right`` (4096 possible CDFs of
+    length ``ceil(6.1 s_l) + ceil(6.1 s_r) + 3``). A CDF is built the first
+    time its pair is used (one ``pmf_to_quantized_cdf`` call, float64, always
+    for that pair alone so the encoder and the decoder build identical tables)
+    and cached; a bitstream passes only the CDFs its image uses to the coder.
+    Cost: like the Gaussian's table lookup plus ``torch.unique`` over the
+    indexes; the first image pays for building the few hundred pairs it uses
+    (about 0.5 ms each, all 4096 would take about 2 s), later images mostly
+    hit the cache. Nothing is stored in the state dict.
+
+:class:`GMMConditional`
+    The discretised Gaussian mixture of Cheng et al., CVPR 2020, on CompressAI's
+    :class:`~compressai.entropy_models.GaussianMixtureConditional` (its
+    likelihood and its per-element CDF construction ``_build_cdf``). Packed
+    parameters: ``cat(weight_logits, means, scales)``, each ``K*M`` channels,
+    component ``k`` in channels ``[k*M, (k+1)*M)`` as CompressAI lays them
+    out; weights are a softmax over the ``K`` components. The latent is
+    quantised as ``round(y)`` (no mean subtraction: a mixture has no single mean).
+
+    CDF path: one CDF per latent element, built at coding time (there is no
+    table a mixture could be looked up in). Unlike CompressAI's
+    ``GaussianMixtureConditional.compress`` (window ``[-max|y|, max|y|]`` for
+    every element, returns tensors besides bytes, batch of one), each element's
+    window is centred on its rounded mixture mean, ``c = round(sum_k w_k mu_k)``,
+    with a half width ``A = max |round(y) - c|`` over the image (capped at
+    ``window_cap``; symbols outside go through rANS's escape/bypass path).
+    The bitstream is self-contained bytes: ``A`` (uint16), a bitmap of the
+    channels that are not all zero (CompressAI's ``zero_bitmap``, not coded),
+    then the rANS stream. CDFs are built and handed to the coder in chunks of
+    about ``2**20`` entries to bound memory. Cost: ``K * (2A + 1)`` erf pairs
+    per element plus the Python lists the coder needs; measured against the
+    Gaussian's table lookup by ``benchmarks/model_speed.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai._CXX import pmf_to_quantized_cdf as _pmf_to_quantized_cdf
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import GaussianConditional, GaussianMixtureConditional
+from torch import Tensor, nn
+
+__all__ = [
+    "ENTROPY_MODELS",
+    "MAX_SYMBOL",
+    "AsymmetricGaussianConditional",
+    "GMMConditional",
+    "check_latent",
+    "configure_entropy_model",
+    "rans_decoder",
+    "split_entropy_params",
+]
+
+#: Values of the ``entropy_model`` option of the gained hyperprior models.
+ENTROPY_MODELS = ("gaussian", "asymmetric", "gmm")
+
+
+#: Latent magnitudes from which rANS coding is refused (CompressAI's C++
+#: coder computes ``2 * value`` in int32 and can loop forever beyond 2**30).
+MAX_SYMBOL = 1 << 28
+
+
+def check_latent(values: Tensor, what: str = "latent") -> None:
+    """Raise ``ValueError`` unless ``values`` are finite and below :data:`MAX_SYMBOL` in magnitude."""
+    if values.numel() == 0:
+        return
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{what} is not finite (cannot be entropy-coded)")
+    peak = float(values.detach().abs().max())
+    if peak >= MAX_SYMBOL:
+        raise ValueError(f"{what} magnitude {peak:.3g} is far outside any entropy model's range (cannot be rANS-coded)")
+
+
+def rans_decoder(stream: bytes, n_symbols: int) -> RansDecoder:
+    """A :class:`compressai.ans.RansDecoder` set to ``stream`` for decoding
+    ``n_symbols`` symbols one call at a time (``decode_stream``).
+
+    The stream is zero-padded by :func:`gainedvae.codec.rans_padding` so that
+    a corrupt stream cannot make the decoder read past its buffer (a valid one
+    decodes exactly as without padding): the same guard the codec puts on the
+    entropy models' own ``decode_with_indexes``.
+    """
+    from .codec import rans_padding  # imported here: the codec imports the models
+
+    if not isinstance(stream, (bytes, bytearray)):
+        raise ValueError(f"a stream must be bytes, got {type(stream).__name__}")
+    decoder = RansDecoder()
+    decoder.set_stream(bytes(stream) + bytes(rans_padding(bytes(stream), n_symbols)))
+    return decoder
+
+
+def _check_strings(strings, batch: int) -> None:
+    if not isinstance(strings, (list, tuple)):
+        raise ValueError("strings must be a list of bytes, one per image")
+    if len(strings) != batch:
+        raise ValueError(f"got {len(strings)} strings for a batch of {batch}")
+
+
+class AsymmetricGaussianConditional(GaussianConditional):
+    """Asymmetric (split) Gaussian conditional; see the module docstring.
+
+    ``scales`` everywhere is the packed ``cat(left, right)`` tensor (``2M``
+    channels); ``means`` as in :class:`GaussianConditional`.
+    """
+
+    def __init__(self, scale_table: Optional[Sequence[float]] = None, **kwargs):
+        super().__init__(scale_table, **kwargs)
+        self._pair_cache: Dict[int, Tuple[List[int], int]] = {}
+
+    # -- likelihood ---------------------------------------------------------
+
+    def _likelihood(self, inputs: Tensor, scales: Tensor, means: Optional[Tensor] = None) -> Tensor:
+        left, right = scales.chunk(2, 1)
+        left = self.lower_bound_scale(left)
+        right = self.lower_bound_scale(right)
+        values = inputs - means if means is not None else inputs
+        # Reflect to u = -|v| <= 0: the split normal (s_l, s_r) at v > 0 is the
+        # one with (s_r, s_l) at -v. Written so that s_l == s_r reproduces
+        # GaussianConditional._likelihood bit for bit.
+        positive = values > 0
+        near = torch.where(positive, right, left)  # scale on u's side of the mode
+        far = torch.where(positive, left, right)
+        total = near + far
+        u = -torch.abs(values)
+        upper_x = u + 0.5
+        lower_x = u - 0.5
+        upper = torch.where(
+            upper_x <= 0,
+            (2 * near / total) * self._standardized_cumulative(upper_x / near),
+            (2 * far / total) * self._standardized_cumulative(upper_x / far) + (near - far) / total,
+        )
+        lower = (2 * near / total) * self._standardized_cumulative(lower_x / near)
+        return upper - lower
+
+    # -- tables -------------------------------------------------------------
+
+    def update(self):
+        """Tabulate the per-scale support (``_offset = -ceil(scale * 6.1)``); pair CDFs are built lazily."""
+        multiplier = -self._standardized_quantile(self.tail_mass / 2)
+        centre = torch.ceil(self.scale_table * multiplier).int()
+        self._offset = -centre
+        self._cdf_length = 2 * centre + 3
+        self._quantized_cdf = torch.zeros(0, dtype=torch.int32, device=centre.device)
+        self._pair_cache = {}
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._pair_cache = {}  # a loaded scale table invalidates the pair CDFs
+        super()._load_from_state_dict(*args, **kwargs)
+
+    @property
+    def table_size(self) -> int:
+        return int(self.scale_table.numel())
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        """CDF index ``T * i_left + i_right`` (``T`` scales in the table) per element."""
+        left, right = scales.chunk(2, 1)
+        return super().build_indexes(left) * self.table_size + super().build_indexes(right)
+
+    def _pair_cdf(self, index: int) -> Tuple[List[int], int]:
+        """(quantised CDF, offset) of one scale pair, built once and cached."""
+        hit = self._pair_cache.get(index)
+        if hit is not None:
+            return hit
+        if self._offset.numel() == 0:
+            raise ValueError("Uninitialized CDFs. Run update() first")
+        il, ir = divmod(index, self.table_size)
+        sl = float(self.scale_table[il])
+        sr = float(self.scale_table[ir])
+        cl = -int(self._offset[il])
+        cr = -int(self._offset[ir])
+        k = torch.arange(-cl, cr + 1, dtype=torch.float64)
+        total = sl + sr
+
+        def cdf(x: Tensor) -> Tensor:
+            phi_l = self._standardized_cumulative(torch.clamp(x, max=0) / sl)
+            phi_r = self._standardized_cumulative(-torch.clamp(x, min=0) / sr)
+            return torch.where(x <= 0, (2 * sl / total) * phi_l, 1 - (2 * sr / total) * phi_r)
+
+        pmf = cdf(k + 0.5) - cdf(k - 0.5)
+        tail = (2 * sl / total) * self._standardized_cumulative(torch.tensor((-cl - 0.5) / sl, dtype=torch.float64))
+        tail = tail + (2 * sr / total) * self._standardized_cumulative(torch.tensor((-cr - 0.5) / sr, dtype=torch.float64))
+        quantized = _pmf_to_quantized_cdf(pmf.tolist() + [float(tail)], self.entropy_coder_precision)
+        entry = (quantized, -cl)
+        self._pair_cache[index] = entry
+        return entry
+
+    def _tables_for(self, indexes: Tensor):
+        """Compact CDF list for the pairs in ``indexes`` and the remapped indexes."""
+        unique, inverse = torch.unique(indexes.reshape(-1), return_inverse=True)
+        entries = [self._pair_cdf(int(u)) for u in unique.tolist()]
+        cdfs = [e[0] for e in entries]
+        return inverse.int().tolist(), cdfs, [len(c) for c in cdfs], [e[1] for e in entries]
+
+    # -- coding -------------------------------------------------------------
+
+    def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
+        """rANS strings, one per image; ``indexes`` from :meth:`build_indexes`."""
+        if inputs.dim() < 2:
+            raise ValueError("Invalid `inputs` size. Expected a tensor with at least 2 dimensions.")
+        if inputs.size() != indexes.size():
+            raise ValueError("`inputs` and `indexes` should have the same size.")
+        symbols = self.quantize(inputs, "symbols", means)
+        strings = []
+        for i in range(symbols.size(0)):
+            idx, cdfs, lengths, offsets = self._tables_for(indexes[i])
+            strings.append(
+                self.entropy_coder.encode_with_indexes(symbols[i].reshape(-1).tolist(), idx, cdfs, lengths, offsets)
+            )
+        return strings
+
+    def decompress(
+        self,
+        strings: List[bytes],
+        indexes: Tensor,
+        dtype: torch.dtype = torch.float,
+        means: Optional[Tensor] = None,
+    ) -> Tensor:
+        _check_strings(strings, indexes.size(0))
+        outputs = torch.empty(indexes.size(), dtype=torch.int32)
+        for i, s in enumerate(strings):
+            idx, cdfs, lengths, offsets = self._tables_for(indexes[i])
+            values = self.entropy_coder.decode_with_indexes(s, idx, cdfs, lengths, offsets)
+            outputs[i] = torch.tensor(values, dtype=torch.int32).reshape(outputs[i].size())
+        return self.dequantize(outputs.to(indexes.device), means, dtype)
+
+
+class GMMConditional(GaussianMixtureConditional):
+    """Discretised Gaussian mixture (K components); see the module docstring.
+
+    Args:
+        K: number of mixture components (3 in Cheng et al.)
+        window_cap: largest half width of the per-element CDF window; symbols
+            further from their mixture mean are escape-coded by rANS
+    """
+
+    #: CDF entries per chunk handed to the rANS coder (bounds memory).
+    chunk_entries = 2**20
+
+    def __init__(self, K: int = 3, scale_table: Optional[Sequence[float]] = None, window_cap: int = 128, **kwargs):
+        if K < 1:
+            raise ValueError(f"a mixture needs K >= 1 components, got {K}")
+        if not 1 <= window_cap <= 65535:
+            raise ValueError(f"window_cap must be in [1, 65535], got {window_cap}")
+        super().__init__(K, scale_table, **kwargs)
+        self.window_cap = int(window_cap)
+
+    def update(self):
+        """Nothing to tabulate: the CDFs are built per element at coding time."""
+
+    # -- parameters ---------------------------------------------------------
+
+    def split_params(self, params: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(scales, means, weights)`` from the packed ``(B, 3KM, ...)`` parameters."""
+        if params.size(1) % (3 * self.K):
+            raise ValueError(f"GMM parameters need 3*K*M channels (K={self.K}), got {params.size(1)}")
+        logits, means, scales = params.chunk(3, 1)
+        shape = logits.shape
+        weights = F.softmax(logits.reshape(shape[0], self.K, -1, *shape[2:]), dim=1).reshape(shape)
+        return scales, means, weights
+
+    def flat_params(self, params: Tensor, channels: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(K, n)`` scales, means, weights of one image's elements in ``channels``, (c, h, w) order."""
+        scales, means, weights = self.split_params(params)
+        K = self.K
+
+        def flat(t: Tensor) -> Tensor:
+            return t.reshape(K, t.size(1) // K, -1)[:, channels].reshape(K, -1)
+
+        return flat(scales), flat(means), flat(weights)
+
+    @staticmethod
+    def centres(means: Tensor, weights: Tensor) -> Tensor:
+        """Rounded mixture mean of each element (``(K, n)`` -> ``(n,)``)."""
+        return torch.round((weights * means).sum(0))
+
+    def element_cdfs(self, scales: Tensor, means: Tensor, weights: Tensor, centres: Tensor, window: int) -> Tensor:
+        """``(n, 2*window + 3)`` quantised CDFs over ``centre - window .. centre + window`` (+ escape)."""
+        return self._build_cdf(scales.clone(), means - centres, weights, window)
+
+    # -- likelihood -----------------------------------------------------------
+
+    def forward(self, inputs: Tensor, scales: Tensor, means: Optional[Tensor] = None, training: Optional[bool] = None):
+        """``(round(y) or y + noise, likelihoods)``; ``scales`` are the packed parameters."""
+        if means is not None:
+            raise ValueError("the GMM takes its means from the packed parameters; pass means=None")
+        s, m, w = self.split_params(scales)
+        return super().forward(inputs, s, m, w, training)
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        """The per-element coder needs all parameters: the "indexes" are the packed parameters."""
+        return scales
+
+    # -- bitstream ------------------------------------------------------------
+
+    def header(self, window: int, nonzero: Tensor) -> bytes:
+        bits = np.packbits(nonzero.cpu().numpy().astype(bool))
+        return struct.pack("<H", window) + bits.tobytes()
+
+    def read_header(self, string: bytes, channels: int) -> Tuple[int, Tensor, bytes]:
+        n_bitmap = (channels + 7) // 8
+        if not isinstance(string, (bytes, bytearray)) or len(string) < 2 + n_bitmap:
+            raise ValueError("GMM bitstream is truncated")
+        (window,) = struct.unpack("<H", string[:2])
+        if not 1 <= window <= self.window_cap:  # the encoder never writes more: refuse absurd CDF sizes
+            raise ValueError(f"corrupt GMM bitstream: window {window} outside [1, {self.window_cap}]")
+        bits = np.unpackbits(np.frombuffer(string[2 : 2 + n_bitmap], dtype=np.uint8))[:channels]
+        return window, torch.from_numpy(bits.astype(bool)), string[2 + n_bitmap :]
+
+    def window_for(self, residual: Tensor) -> int:
+        peak = int(residual.abs().max().item()) if residual.numel() else 0
+        return max(1, min(peak, self.window_cap))
+
+    def _chunks(self, n: int, window: int):
+        step = max(1, self.chunk_entries // (2 * window + 3))
+        return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+    def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
+        """One self-contained byte string per image; ``indexes`` are the packed parameters."""
+        if means is not None:
+            raise ValueError("the GMM takes its means from the packed parameters; pass means=None")
+        y_round = torch.round(inputs)
+        strings = []
+        for i in range(inputs.size(0)):
+            nonzero = y_round[i].reshape(y_round.size(1), -1).abs().sum(1) != 0
+            channels = torch.nonzero(nonzero).flatten()
+            s, m, w = self.flat_params(indexes[i : i + 1], channels)
+            centres = self.centres(m, w)
+            residual = y_round[i, channels].reshape(-1) - centres
+            check_latent(residual, "GMM residual")
+            window = self.window_for(residual)
+            symbols = (residual + window).int()
+            encoder = BufferedRansEncoder()
+            for a, b in self._chunks(centres.numel(), window):
+                cdf = self.element_cdfs(s[:, a:b], m[:, a:b], w[:, a:b], centres[a:b], window)
+                n = b - a
+                encoder.encode_with_indexes(symbols[a:b].tolist(), list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n)
+            # (an all-zero latent has no symbols: no stream; flushing an empty rANS encoder crashes)
+            strings.append(self.header(window, nonzero) + (encoder.flush() if centres.numel() else b""))
+        return strings
+
+    def decompress(
+        self,
+        strings: List[bytes],
+        indexes: Tensor,
+        dtype: torch.dtype = torch.float,
+        means: Optional[Tensor] = None,
+    ) -> Tensor:
+        if means is not None:
+            raise ValueError("the GMM takes its means from the packed parameters; pass means=None")
+        _check_strings(strings, indexes.size(0))
+        B, C = indexes.shape[:2]
+        M = C // (3 * self.K)
+        y_hat = torch.zeros((B, M, *indexes.shape[2:]), dtype=dtype, device=indexes.device)
+        for i, string in enumerate(strings):
+            window, nonzero, stream = self.read_header(string, M)
+            channels = torch.nonzero(nonzero).flatten()
+            s, m, w = self.flat_params(indexes[i : i + 1], channels)
+            centres = self.centres(m, w)
+            decoder = rans_decoder(stream, centres.numel()) if centres.numel() else None
+            values = []
+            for a, b in self._chunks(centres.numel(), window):
+                cdf = self.element_cdfs(s[:, a:b], m[:, a:b], w[:, a:b], centres[a:b], window)
+                n = b - a
+                values.extend(decoder.decode_stream(list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n))
+            decoded = torch.tensor(values, dtype=centres.dtype) - window + centres
+            y_hat[i, channels.to(y_hat.device)] = decoded.reshape(channels.numel(), *indexes.shape[2:]).to(dtype)
+        return y_hat
+
+
+# ---------------------------------------------------------------------------
+# the entropy_model option of the hyperprior models
+
+
+def _params_per_element(kind: str, with_means: bool, K: int) -> int:
+    if kind == "gaussian":
+        return 2 if with_means else 1
+    if kind == "asymmetric":
+        return 3 if with_means else 2
+    return 3 * K if with_means else 2 * K
+
+
+def _widen_last_conv(seq: nn.Sequential, out_channels: int) -> None:
+    """Replace the last (transposed) convolution of ``seq`` by one with ``out_channels`` outputs."""
+    for i in range(len(seq) - 1, -1, -1):
+        old = seq[i]
+        if isinstance(old, nn.ConvTranspose2d):
+            seq[i] = nn.ConvTranspose2d(
+                old.in_channels, out_channels, old.kernel_size, old.stride, old.padding, old.output_padding
+            )
+            return
+        if isinstance(old, nn.Conv2d):
+            seq[i] = nn.Conv2d(old.in_channels, out_channels, old.kernel_size, old.stride, old.padding)
+            return
+    raise ValueError("h_s has no convolution to widen")
+
+
+def configure_entropy_model(model: nn.Module, kind: str, M: int, with_means: bool, K: int = 3) -> None:
+    """Give a hyperprior model (``h_s``, ``gaussian_conditional``) the entropy model ``kind``.
+
+    ``"gaussian"`` leaves the CompressAI backbone untouched. The others widen
+    the last layer of ``h_s`` to the parameters they need per latent element
+    and replace ``gaussian_conditional`` (the attribute name stays, so the
+    data flow and CompressAI's ``update()`` work unchanged):
+
+    ========== ============================ ==================================
+    kind       ``h_s`` output, with means   without means (scale hyperprior)
+    ========== ============================ ==================================
+    asymmetric ``s_l, s_r, mu`` (3M)         ``s_l, s_r`` (2M), mode at 0
+    gmm        ``logits, mu, s`` (3KM)       ``logits, s`` (2KM), all means 0
+    ========== ============================ ==================================
+    """
+    if kind not in ENTROPY_MODELS:
+        raise ValueError(f"entropy_model must be one of {', '.join(ENTROPY_MODELS)}; got {kind!r}")
+    model.entropy_model = kind
+    model._entropy_with_means = bool(with_means)
+    model._entropy_K = int(K)
+    if kind == "gaussian":
+        return
+    _widen_last_conv(model.h_s, _params_per_element(kind, with_means, K) * M)
+    model.gaussian_conditional = AsymmetricGaussianConditional(None) if kind == "asymmetric" else GMMConditional(K)
+
+
+def split_entropy_params(model: nn.Module, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    """``(scales, means)`` for ``model.gaussian_conditional`` from ``h_s``'s output ``h``.
+
+    ``scales`` is packed for the asymmetric model (``cat(s_l, s_r)``) and the
+    GMM (``cat(logits, means, scales)``, then ``means`` is ``None``).
+    """
+    kind = getattr(model, "entropy_model", "gaussian")
+    with_means = getattr(model, "_entropy_with_means", True)
+    if kind == "gaussian":
+        if with_means:
+            scales, means = h.chunk(2, 1)
+            return scales, means
+        return h, None
+    if kind == "asymmetric":
+        if with_means:
+            left, right, means = h.chunk(3, 1)
+            return torch.cat((left, right), 1), means
+        return h, None
+    if with_means:
+        return h, None
+    logits, scales = h.chunk(2, 1)
+    return torch.cat((logits, torch.zeros_like(scales), scales), 1), None

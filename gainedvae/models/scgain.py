@@ -1,0 +1,238 @@
+r"""Spatial-channel gain (``gained-scgain``): quality maps on top of channel gains.
+
+The mean-scale hyperprior with the channel gain units of
+:class:`~gainedvae.models.hyperprior.GainedHyperprior` (global quality ``q``)
+plus spatial feature transforms (SFT; Wang et al., CVPR 2018) driven by a
+per-pixel quality map ``m(x)`` in ``[0, 1]``, as in Song et al.,
+"Variable-Rate Deep Image Compression through Spatially-Adaptive Feature
+Transform", ICCV 2021.
+
+.. code-block:: none
+
+     x, m ──► cond_a ──► c1 (/2)  c2 (/4)  c3 (/8)  c4 (/16)
+                          │        │        │        │
+     x ──► conv─GDN─SFT ──► conv─GDN─SFT ──► conv─GDN─SFT ──► conv─SFT ──► y ──► ×G_y(q) ──► ...
+                                                                        (hyperprior as GainedHyperprior)
+     ... y_hat ×IG_y(q) ──┬─► SFT─deconv─IGDN─SFT ──► deconv─IGDN─SFT ──► deconv─IGDN─SFT ──► deconv ──► x_hat
+                          │    │                 │                   │                 │
+     z_hat ×IG_z(q) ──► cond_s(z_hat, y_hat) ──► d0 (/16)   d1 (/8)   d2 (/4)   d3 (/2)
+
+    SFT(h, c) = h * exp(2 tanh(gamma(c) / 2)) + beta(c)   (per channel and position;
+                ~ h * (1 + gamma) + beta near 0, bounded scale for stable training)
+
+The decoder receives no map: its conditions are computed from the decoded
+hyper-latent ``z_hat`` (and ``y_hat``), so the bitstream is the channel-gain
+model's ``[y_strings, z_strings]`` and ``decompress(strings, shape, quality)``
+is unchanged. The gain units are the shared ones (:mod:`gainedvae.gain`).
+
+Backbone keys (``g_a``, ``g_s``, ``h_a``, ``h_s``, entropy models) are
+CompressAI's ``mbt2018-mean``; the SFT parts live under ``cond_a.``,
+``sft_a.``, ``cond_s.`` and ``sft_s.``. The last layers of every SFT start at
+zero, so a fresh model (or one loaded from an ``mbt2018-mean`` /
+``gained-mbt2018-mean`` checkpoint) ignores the map until it is trained.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from ..gain import QualityLike
+from ..qmap import QmapLike, prepare_qmap
+from .base import DEFAULT_LAMBDAS, pad_to_multiple
+from .hyperprior import GainedMeanScaleHyperprior
+
+
+def sft_channels(N: int) -> int:
+    """Width of the condition networks and SFT layers: ``max(16, N // 2)`` (64 for N = 128)."""
+    return max(16, int(N) // 2)
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.1)  # never in place: condition features are reused
+
+
+class SFT(nn.Module):
+    """Spatial feature transform ``h * exp(s tanh(gamma(c) / s)) + beta(c)``, ``s = 2``.
+
+    To first order the SFT of Wang et al. (``h * (1 + gamma) + beta``); the
+    scale is bounded to ``[e^-2, e^2]`` per layer, which keeps training with
+    the larger learning rates of small models from diverging. ``(gamma, beta)``
+    come from one 3x3 conv (zero-initialised: identity at the start) after a
+    shared 3x3 conv + LeakyReLU on the condition ``c``.
+    """
+
+    def __init__(self, channels: int, cond_channels: int):
+        super().__init__()
+        hidden = max(16, cond_channels)
+        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), _act())
+        self.gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, padding=1)  # one conv, two outputs
+        nn.init.zeros_(self.gamma_beta.weight)
+        nn.init.zeros_(self.gamma_beta.bias)
+        self.max_log_scale = 2.0
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        if cond.shape[-2:] != h.shape[-2:]:
+            cond = F.adaptive_avg_pool2d(cond, h.shape[-2:])
+        gamma, beta = self.gamma_beta(self.shared(cond)).chunk(2, dim=1)
+        return h * torch.exp(self.max_log_scale * torch.tanh(gamma / self.max_log_scale)) + beta
+
+
+class MapCondition(nn.Module):
+    """Encoder-side conditions from the image and its quality map, at 1/2, 1/4, 1/8, 1/16:
+    ``C`` learned channels plus the map itself, average-pooled to that scale (so
+    every SFT sees the map directly; ``C + 1`` channels in all)."""
+
+    def __init__(self, C: int):
+        super().__init__()
+        self.stem = nn.Sequential(conv(4, C, 5, 2), _act(), conv(C, C, 3, 1))
+        self.down = nn.ModuleList([nn.Sequential(_act(), conv(C, C, 3, 2)) for _ in range(3)])
+
+    def forward(self, x: Tensor, qmap: Tensor) -> List[Tensor]:
+        m = 2 * qmap - 1  # centred map
+        c = self.stem(torch.cat([m, x], dim=1))
+        out = [c]
+        for layer in self.down:
+            c = layer(c)
+            out.append(c)
+        return [torch.cat([c, F.adaptive_avg_pool2d(m, c.shape[-2:])], dim=1) for c in out]
+
+
+class LatentCondition(nn.Module):
+    """Decoder-side conditions from ``z_hat`` (upsampled to ``y``'s grid) and ``y_hat``,
+    at 1/16, 1/8, 1/4, 1/2."""
+
+    def __init__(self, N: int, M: int, C: int):
+        super().__init__()
+        self.up_z = nn.Sequential(deconv(N, C, 5, 2), _act(), deconv(C, C, 5, 2))
+        self.fuse = nn.Sequential(_act(), conv(C + M, C, 3, 1))
+        self.up = nn.ModuleList([nn.Sequential(_act(), deconv(C, C, 3, 2)) for _ in range(3)])
+
+    def forward(self, y_hat: Tensor, z_hat: Tensor) -> List[Tensor]:
+        c = self.fuse(torch.cat([self.up_z(z_hat), y_hat], dim=1))
+        out = [c]
+        for layer in self.up:
+            c = layer(c)
+            out.append(c)
+        return out
+
+
+class SCGainedMeanScaleHyperprior(GainedMeanScaleHyperprior):
+    r"""Mean-scale hyperprior with channel gain units and quality-map SFTs.
+
+    Registry name ``gained-scgain``. Everything of
+    :class:`~gainedvae.models.hyperprior.GainedMeanScaleHyperprior` holds
+    (``level`` / ``quality``, any image size, real rANS bitstreams); in
+    addition :meth:`forward`, :meth:`analysis` and :meth:`compress` take a
+    quality map ``qmap`` (see :func:`gainedvae.qmap.prepare_qmap`: tensor,
+    number or grayscale image path; default uniform 0.5). :meth:`decompress`
+    takes none.
+
+    Args:
+        N (int): channels of the transforms and of ``z``
+        M (int): channels of ``y``
+        lambdas (sequence of float): one lambda per level, increasing
+
+    The SFT width is :func:`sft_channels` ``(N)``, so ``N``, ``M`` and
+    ``lambdas`` rebuild the model (what checkpoints record).
+    """
+
+    extra_key_prefixes: Tuple[str, ...] = GainedMeanScaleHyperprior.extra_key_prefixes + (
+        "cond_a.",
+        "sft_a.",
+        "cond_s.",
+        "sft_s.",
+    )
+    #: ``forward`` / ``compress`` take ``qmap=`` (used by the training loop and the evaluation).
+    takes_qmap = True
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
+        super().__init__(N=N, M=M, lambdas=lambdas, **kwargs)
+        C = sft_channels(N)
+        self.cond_a = MapCondition(C)
+        self.sft_a = nn.ModuleList([SFT(N, C + 1), SFT(N, C + 1), SFT(N, C + 1), SFT(M, C + 1)])
+        self.cond_s = LatentCondition(N, M, C)
+        self.sft_s = nn.ModuleList([SFT(M, C), SFT(N, C), SFT(N, C), SFT(N, C)])
+
+    # -- transforms ---------------------------------------------------------
+
+    def _analysis_transform(self, x: Tensor, qmap: Tensor) -> Tensor:
+        """``g_a`` with an SFT after each stage (inputs padded to the downsampling factor)."""
+        conds = self.cond_a(x, qmap)
+        h = x
+        for i in range(3):
+            h = self.g_a[2 * i + 1](self.g_a[2 * i](h))  # conv, GDN
+            h = self.sft_a[i](h, conds[i])
+        return self.sft_a[3](self.g_a[6](h), conds[3])
+
+    def _synthesis_transform(self, y_hat: Tensor, z_hat: Tensor) -> Tensor:
+        """``g_s`` with an SFT before it and after each inverse GDN, conditioned on
+        the (inverse-gained) decoded latents only."""
+        conds = self.cond_s(y_hat, z_hat)
+        h = self.sft_s[0](y_hat, conds[0])
+        for i in range(3):
+            h = self.g_s[2 * i + 1](self.g_s[2 * i](h))  # deconv, IGDN
+            h = self.sft_s[i + 1](h, conds[i + 1])
+        return self.g_s[6](h)
+
+    def analysis(self, x: Tensor, qmap: QmapLike = None) -> Tensor:
+        """The quality-independent part of the encoder: SFT-conditioned ``g_a``
+        on the padded image and map (``qmap`` as in :func:`~gainedvae.qmap.prepare_qmap`)."""
+        m = prepare_qmap(qmap, x)
+        f = self.downsampling_factor
+        return self._analysis_transform(pad_to_multiple(x, f), pad_to_multiple(m, f))
+
+    # -- coding -------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        level: Union[int, Tensor, None] = None,
+        quality: Optional[QualityLike] = None,
+        qmap: QmapLike = None,
+    ):
+        """Training / estimation pass, as :meth:`GainedHyperprior.forward` plus
+        ``qmap`` (default: uniform 0.5)."""
+        q = self.quality_tensor(level, quality)
+        if q.dim() == 1 and q.numel() != x.size(0):
+            raise ValueError(f"got {q.numel()} levels/qualities for a batch of {x.size(0)} images")
+        h, w = x.shape[-2:]
+        y = self.analysis(x, qmap) * self.gain.y(q)
+        z = self._hyper_analysis(y) * self.gain.z(q)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        z_dec = z_hat * self.gain.z_inv(q)
+        scales_hat, means_hat = self._entropy_params(z_dec)
+        y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec)
+        return {
+            "x_hat": x_hat[..., :h, :w],
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+        }
+
+    def compress(self, x: Tensor, quality: QualityLike, qmap: QmapLike = None):
+        """Entropy-code ``x`` at ``quality`` with the quality map ``qmap``
+        (tensor, number in ``[0, 1]`` or grayscale image path, resized to
+        ``x``; default uniform 0.5). Same bitstream layout as the channel-gain
+        models: ``{"strings": [y_strings, z_strings], "shape": (H, W)}``."""
+        return self.compress_analysed(self.analysis(x, qmap), quality, tuple(x.shape[-2:]))
+
+    def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
+        """Decode :meth:`compress`'s ``strings``; no map needed (the SFT conditions
+        come from the decoded latents)."""
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError("strings must be [y_strings, z_strings] as returned by compress()")
+        if len(strings[0]) != len(strings[1]):
+            raise ValueError(f"got {len(strings[0])} y strings but {len(strings[1])} z strings")
+        q = self.scalar_quality(quality)
+        h, w = int(shape[0]), int(shape[1])
+        z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
+        z_dec = z_hat * self.gain.z_inv(q)
+        scales_hat, means_hat = self._entropy_params(z_dec)
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat)
+        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
+        return {"x_hat": x_hat[..., :h, :w]}
