@@ -107,11 +107,13 @@ def loader_rate(args, workers):
 
 
 def options_table(args, x):
+    """Every option's step built first, then timed interleaved (round-robin), so
+    that drifting machine speed hits all options alike."""
     base_loss = first_loss(args, x)
-    rows = []
     configs = [("default (2 threads)", {}, 2), ("1 thread", {}, 1), ("channels_last", {"channels_last": True}, 2)]
     if args.compile:
         configs.append(("torch.compile", {"compiled": True}, 2))
+    built = []
     for label, opts, threads in configs:
         torch.set_num_threads(threads)
         try:
@@ -119,12 +121,21 @@ def options_table(args, x):
             step = make_step(build(args, "gained"), x, torch.tensor(3), **opts)
             for _ in range(args.warmup):
                 step()
-            rate = statistics.median(timed(step, args.steps) for _ in range(args.repeats))
-            same = abs(loss - base_loss) <= 1e-4 * abs(base_loss)
-            rows.append((label, rate, loss, same, ""))
+            built.append((label, opts, threads, step, loss, ""))
         except Exception as err:  # e.g. no compiler available for torch.compile
-            rows.append((label, float("nan"), float("nan"), False, f"failed: {type(err).__name__}"))
+            built.append((label, opts, threads, None, float("nan"), f"failed: {type(err).__name__}"))
+    rates = {label: [] for label, *_ in built}
+    for _ in range(args.repeats):
+        for label, _, threads, step, _, _ in built:
+            if step is not None:
+                torch.set_num_threads(threads)
+                rates[label].append(timed(step, args.steps))
     torch.set_num_threads(2)
+    rows = []
+    for label, _, _, step, loss, note in built:
+        rate = statistics.median(rates[label]) if rates[label] else float("nan")
+        same = step is not None and abs(loss - base_loss) <= 1e-4 * abs(base_loss)
+        rows.append((label, rate, loss, same, note))
     return base_loss, rows
 
 
@@ -134,8 +145,8 @@ def main(argv=None):
     p.add_argument("-M", type=int, default=96)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5, help="steps per timing")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10, help="steps per timing")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     p.add_argument("--data", default="../shared/data/bsds500/train", help="images for the data-loading rows")
