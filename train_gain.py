@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = torch default)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=d.channels_last,
-                   help="channels_last memory format (default on: faster on CPU, see benchmarks/train_throughput.py)")
+                   help="channels_last memory format: faster on CPU for the hyperprior models (see results/benchmarks/train_throughput.md) but off by default: it corrupts memory with cheng2020 models on torch 2.15")
     p.add_argument("--save-dir", default=d.save_dir)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--keep", type=int, default=d.keep, help="number of periodic checkpoints kept (plus best.pt)")

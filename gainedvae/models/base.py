@@ -47,11 +47,26 @@ def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
 
 
 class GainedModel:
-    """Mixin for gained models; use it before the CompressAI class in the bases.
+    r"""Mixin for gained models; use it before the CompressAI class in the bases.
 
     A gained model codes ``L = len(lambdas)`` trained levels; ``quality`` is a
     float in ``[1, L]`` (1 = lowest rate) and ``level`` a 0-based index into
     ``lambdas`` (``quality = level + 1``).
+
+    This class holds the gained data flow of every model, so the gains are
+    applied here and nowhere else::
+
+        y = analysis(x) × G_y(q)            z = hyper_analysis(y) × G_z(q)
+        z_hat = EB(z)                       params = h_s(z_hat × IG_z(q))
+        y_hat = code y given params         x_hat = synthesis(y_hat × IG_y(q), z_hat × IG_z(q))
+
+    A family only says how it codes ``y`` given ``params`` (``_y_forward(y,
+    params) -> (y_hat, likelihoods)``, ``_y_compress(y, params) -> [bytes]``,
+    ``_y_decompress(strings, params) -> y_hat``: a Gaussian conditional for the
+    hyperprior models, a context model for mbt2018 / cheng2020) and, where its
+    transforms differ, overrides ``analysis``, ``_hyper_analysis`` or
+    ``_synthesis_transform``. The ``_y_*`` hooks have no stubs here because
+    they may come from a backbone class later in the MRO.
     """
 
     lambdas: Tuple[float, ...]
@@ -107,6 +122,86 @@ class GainedModel:
             if k not in merged:  # an extra key the state dict lacks
                 merged[k] = torch.zeros_like(v) if k.startswith("gain.") else v
         self.load_state_dict(merged)
+
+    # -- the gained data flow ------------------------------------------------
+
+    def analysis(self, x: Tensor) -> Tensor:
+        """The quality-independent part of the encoder: ``g_a`` on the padded image."""
+        return self.g_a(pad_to_multiple(x, self.downsampling_factor))
+
+    def _hyper_analysis(self, y: Tensor) -> Tensor:
+        return self.h_a(y)
+
+    def _synthesis_transform(self, y_hat: Tensor, z_dec: Tensor) -> Tensor:
+        """``g_s`` of the inverse-gained ``y_hat`` (``z_dec``: inverse-gained ``z_hat``)."""
+        return self.g_s(y_hat)
+
+    def forward(self, x: Tensor, level: Union[int, Tensor, None] = None, quality: Optional[QualityLike] = None,
+                **analysis_kwargs):
+        """Training / estimation pass.
+
+        Args:
+            x: images ``(B, 3, H, W)`` in ``[0, 1]``; any size (padded internally).
+            level: 0-based level index, an int for the batch or a ``(B,)``
+                LongTensor per sample.
+            quality: alternatively a float quality in ``[1, L]`` (scalar or ``(B,)``).
+            **analysis_kwargs: passed to :meth:`analysis` (e.g. ``qmap`` for ``gained-scgain``).
+
+        Returns:
+            ``{"x_hat", "likelihoods": {"y", "z"}}`` as in CompressAI; ``x_hat``
+            is cropped to ``x``'s size, the likelihoods cover the padded latents.
+            In eval mode ``x_hat`` is exactly what :meth:`decompress` returns
+            (before clamping).
+        """
+        q = self.quality_tensor(level, quality)
+        if q.dim() == 1 and q.numel() != x.size(0):
+            raise ValueError(f"got {q.numel()} levels/qualities for a batch of {x.size(0)} images")
+        h, w = x.shape[-2:]
+        y = self.analysis(x, **analysis_kwargs) * self.gain.y(q)
+        z = self._hyper_analysis(y) * self.gain.z(q)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        z_dec = z_hat * self.gain.z_inv(q)
+        y_hat, y_likelihoods = self._y_forward(y, self.h_s(z_dec))
+        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec)
+        return {
+            "x_hat": x_hat[..., :h, :w],
+            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
+        }
+
+    def compress(self, x: Tensor, quality: QualityLike, **analysis_kwargs):
+        """Entropy-code ``x`` at ``quality`` into rANS bitstreams.
+
+        Returns:
+            ``{"strings": [y_strings, z_strings], "shape": (H, W)}`` where
+            ``shape`` is the image size (unlike CompressAI, which returns the
+            latent size) so that :meth:`decompress` can crop the padding back.
+        """
+        return self.compress_analysed(self.analysis(x, **analysis_kwargs), quality, tuple(x.shape[-2:]))
+
+    def compress_analysed(self, y: Tensor, quality: QualityLike, shape: Sequence[int]):
+        """:meth:`compress` from the output of :meth:`analysis` (rate control
+        runs the analysis once and only this gain-dependent part per try)."""
+        q = self.scalar_quality(quality)
+        y = y * self.gain.y(q)
+        z = self._hyper_analysis(y) * self.gain.z(q)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+        y_strings = self._y_compress(y, self.h_s(z_hat * self.gain.z_inv(q)))
+        return {"strings": [y_strings, z_strings], "shape": (int(shape[0]), int(shape[1]))}
+
+    def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
+        """Decode :meth:`compress`'s ``strings`` for an image of ``shape = (H, W)``."""
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError("strings must be [y_strings, z_strings] as returned by compress()")
+        if len(strings[0]) != len(strings[1]):
+            raise ValueError(f"got {len(strings[0])} y strings but {len(strings[1])} z strings")
+        q = self.scalar_quality(quality)
+        h, w = int(shape[0]), int(shape[1])
+        z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
+        z_dec = z_hat * self.gain.z_inv(q)
+        y_hat = self._y_decompress(strings[0], self.h_s(z_dec))
+        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
+        return {"x_hat": x_hat[..., :h, :w]}
 
     def latent_shape(self, shape: Sequence[int]) -> Tuple[int, int]:
         """Spatial size of ``z`` for an image of ``shape = (H, W)``."""

@@ -3,9 +3,9 @@
 ``gained-mbt2018-checkerboard``), on CompressAI's
 ``JointAutoregressiveHierarchicalPriors`` backbone.
 
-The gained data flow of every hyperprior + context model is written once, in
-:class:`GainedContextModel`; a model only says how it codes ``y`` given the
-hyper-synthesis output (``_y_forward``, ``_y_compress``, ``_y_decompress``).
+The gained data flow is written once, in :class:`~gainedvae.models.base.GainedModel`;
+a context model only says how it codes ``y`` given the hyper-synthesis output
+(``_y_forward``, ``_y_compress``, ``_y_decompress``).
 The gains come from :mod:`gainedvae.gain` through :class:`GainedModel`, as
 for the hyperprior models.
 
@@ -22,7 +22,7 @@ training mode ``forward`` is CompressAI's parallel noise-based estimate.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,7 @@ from compressai.models import JointAutoregressiveHierarchicalPriors
 from torch import Tensor, nn
 
 from ..entropy import check_latent, rans_decoder
-from ..gain import QualityLike
-from .base import DEFAULT_LAMBDAS, GainedModel, pad_to_multiple
+from .base import DEFAULT_LAMBDAS, GainedModel
 
 __all__ = ["GainedCheckerboard", "GainedContextModel", "GainedJointAutoregressive", "raster_scan"]
 
@@ -59,66 +58,14 @@ class GainedContextModel(GainedModel):
         EB = entropy bottleneck, GC = Gaussian conditional (or GMM),
         CP = context prediction (masked convolution), EP = entropy parameters
 
-    The context model sees the gained, quantised latent. Subclasses implement
+    The data flow is :class:`~gainedvae.models.base.GainedModel`'s; the
+    context model sees the gained, quantised latent. Subclasses implement
     ``_y_forward(y, params) -> (y_hat, y_likelihoods)``,
     ``_y_compress(y, params) -> [bytes per image]`` and
     ``_y_decompress(strings, params) -> y_hat`` for the gained ``y`` and the
-    hyper-synthesis output ``params`` (they may come from a base class later
-    in the MRO, hence no stubs here).
+    hyper-synthesis output ``params`` (in eval mode ``_y_forward`` returns what
+    the decoder reconstructs, see the module docstring).
     """
-
-    def forward(self, x: Tensor, level: Union[int, Tensor, None] = None, quality: Optional[QualityLike] = None):
-        """Training / estimation pass; same arguments and outputs as the gained hyperprior models.
-
-        In eval mode ``y_hat`` is what the decoder reconstructs (see the module docstring).
-        """
-        q = self.quality_tensor(level, quality)
-        if q.dim() == 1 and q.numel() != x.size(0):
-            raise ValueError(f"got {q.numel()} levels/qualities for a batch of {x.size(0)} images")
-        h, w = x.shape[-2:]
-        y = self.g_a(pad_to_multiple(x, self.downsampling_factor)) * self.gain.y(q)
-        z = self.h_a(y) * self.gain.z(q)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        params = self.h_s(z_hat * self.gain.z_inv(q))
-        y_hat, y_likelihoods = self._y_forward(y, params)
-        x_hat = self.g_s(y_hat * self.gain.y_inv(q))
-        return {
-            "x_hat": x_hat[..., :h, :w],
-            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
-        }
-
-    def analysis(self, x: Tensor) -> Tensor:
-        """The quality-independent part of the encoder: ``g_a`` on the padded image."""
-        return self.g_a(pad_to_multiple(x, self.downsampling_factor))
-
-    def compress(self, x: Tensor, quality: QualityLike):
-        """Entropy-code ``x`` at ``quality``: ``{"strings": [y_strings, z_strings], "shape": (H, W)}``."""
-        return self.compress_analysed(self.analysis(x), quality, tuple(x.shape[-2:]))
-
-    def compress_analysed(self, y: Tensor, quality: QualityLike, shape: Sequence[int]):
-        """:meth:`compress` from the output of :meth:`analysis`."""
-        q = self.scalar_quality(quality)
-        y = y * self.gain.y(q)
-        z = self.h_a(y) * self.gain.z(q)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        params = self.h_s(z_hat * self.gain.z_inv(q))
-        y_strings = self._y_compress(y, params)
-        return {"strings": [y_strings, z_strings], "shape": (int(shape[0]), int(shape[1]))}
-
-    def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
-        """Decode :meth:`compress`'s ``strings`` for an image of ``shape = (H, W)``."""
-        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
-            raise ValueError("strings must be [y_strings, z_strings] as returned by compress()")
-        if len(strings[0]) != len(strings[1]):
-            raise ValueError(f"got {len(strings[0])} y strings but {len(strings[1])} z strings")
-        q = self.scalar_quality(quality)
-        h, w = int(shape[0]), int(shape[1])
-        z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
-        params = self.h_s(z_hat * self.gain.z_inv(q))
-        y_hat = self._y_decompress(strings[0], params)
-        x_hat = self.g_s(y_hat * self.gain.y_inv(q)).clamp_(0, 1)
-        return {"x_hat": x_hat[..., :h, :w]}
 
 
 def _as_vector_layers(seq: nn.Sequential):

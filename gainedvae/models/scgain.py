@@ -34,14 +34,13 @@ zero, so a fresh model (or one loaded from an ``mbt2018-mean`` /
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from ..gain import QualityLike
 from ..qmap import QmapLike, prepare_qmap
 from .base import DEFAULT_LAMBDAS, pad_to_multiple
 from .hyperprior import GainedMeanScaleHyperprior
@@ -186,53 +185,8 @@ class SCGainedMeanScaleHyperprior(GainedMeanScaleHyperprior):
         f = self.downsampling_factor
         return self._analysis_transform(pad_to_multiple(x, f), pad_to_multiple(m, f))
 
-    # -- coding -------------------------------------------------------------
-
-    def forward(
-        self,
-        x: Tensor,
-        level: Union[int, Tensor, None] = None,
-        quality: Optional[QualityLike] = None,
-        qmap: QmapLike = None,
-    ):
-        """Training / estimation pass, as :meth:`GainedHyperprior.forward` plus
-        ``qmap`` (default: uniform 0.5)."""
-        q = self.quality_tensor(level, quality)
-        if q.dim() == 1 and q.numel() != x.size(0):
-            raise ValueError(f"got {q.numel()} levels/qualities for a batch of {x.size(0)} images")
-        h, w = x.shape[-2:]
-        y = self.analysis(x, qmap) * self.gain.y(q)
-        z = self._hyper_analysis(y) * self.gain.z(q)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        z_dec = z_hat * self.gain.z_inv(q)
-        scales_hat, means_hat = self._entropy_params(z_dec)
-        y_hat, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
-        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec)
-        return {
-            "x_hat": x_hat[..., :h, :w],
-            "likelihoods": {"y": y_likelihoods, "z": z_likelihoods},
-        }
-
     def compress(self, x: Tensor, quality: QualityLike, qmap: QmapLike = None):
-        """Entropy-code ``x`` at ``quality`` with the quality map ``qmap``
-        (tensor, number in ``[0, 1]`` or grayscale image path, resized to
-        ``x``; default uniform 0.5). Same bitstream layout as the channel-gain
-        models: ``{"strings": [y_strings, z_strings], "shape": (H, W)}``."""
-        return self.compress_analysed(self.analysis(x, qmap), quality, tuple(x.shape[-2:]))
-
-    def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
-        """Decode :meth:`compress`'s ``strings``; no map needed (the SFT conditions
-        come from the decoded latents)."""
-        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
-            raise ValueError("strings must be [y_strings, z_strings] as returned by compress()")
-        if len(strings[0]) != len(strings[1]):
-            raise ValueError(f"got {len(strings[0])} y strings but {len(strings[1])} z strings")
-        q = self.scalar_quality(quality)
-        h, w = int(shape[0]), int(shape[1])
-        z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
-        z_dec = z_hat * self.gain.z_inv(q)
-        scales_hat, means_hat = self._entropy_params(z_dec)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_hat = self.gaussian_conditional.decompress(strings[0], indexes, z_hat.dtype, means=means_hat)
-        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
-        return {"x_hat": x_hat[..., :h, :w]}
+        """``compress(x, quality, qmap)``: the map as a tensor, a number in ``[0, 1]``
+        or a grayscale image path, resized to ``x`` (default uniform 0.5). Same
+        bitstream as the channel-gain models; :meth:`decompress` needs no map."""
+        return super().compress(x, quality, qmap=qmap)
