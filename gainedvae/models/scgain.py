@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
+from ..gain import QualityLike
 from ..qmap import QmapLike, prepare_qmap
 from .base import DEFAULT_LAMBDAS, pad_to_multiple
 from .hyperprior import GainedMeanScaleHyperprior
