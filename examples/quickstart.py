@@ -14,7 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
 
 import gainedvae  # noqa: E402
 from gainedvae.evaluate import code, default_images, read_image  # noqa: E402
