@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--bpp", type=float, help="target bits per pixel (rate control)")
     rate.add_argument("--psnr", type=float, help="target PSNR in dB (rate control)")
     p.add_argument("--tol", type=float, help="rate-control tolerance (relative for --bpp, default 0.02; dB for --psnr, default 0.1)")
-    p.add_argument("--qmap", help="spatial quality map (needs a gained-scgain model)")
+    p.add_argument("--qmap", help="spatial quality map for gained-scgain: grayscale image (white = high quality) "
+                   "or a number in [0, 1]")
     p.add_argument("-c", "--checkpoint", help="model checkpoint (default: the shipped model)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
 
@@ -99,11 +100,13 @@ def _cmd_compress(args) -> str:
     from . import codec
     from .checkpoint import atomic_write_bytes
 
-    if args.qmap is not None:
-        raise CLIError(
-            "--qmap needs a gained-scgain model (spatially varying quality) and quality-map support in the .gvae "
-            "format, which this version of the codec does not implement yet"
-        )
+    qmap = args.qmap
+    if qmap is not None:
+        try:
+            qmap = float(qmap)  # a uniform map
+        except ValueError:
+            if not Path(qmap).is_file():
+                raise CLIError(f"--qmap {qmap}: expected a number in [0, 1] or a grayscale image file") from None
     out = _check_output(args.output, args.force, [args.image])
     image = codec.load_image(args.image)
     net = _load_model(args.checkpoint)
@@ -111,13 +114,13 @@ def _cmd_compress(args) -> str:
     if args.bpp is not None or args.psnr is not None:
         kw = {} if args.tol is None else {"tol": args.tol}
         if args.bpp is not None:
-            result = codec.encode_to_bpp(net, image, args.bpp, **kw)
+            result = codec.encode_to_bpp(net, image, args.bpp, qmap=qmap, **kw)
         else:
-            result = codec.encode_to_psnr(net, image, args.psnr, **kw)
+            result = codec.encode_to_psnr(net, image, args.psnr, qmap=qmap, **kw)
         atomic_write_bytes(out, result.data)
         return f"{out}: {w}x{h}, {result.summary()}"
     quality = args.quality if args.quality is not None else (1 + net.levels) / 2
-    data = codec.encode(net, image, quality)
+    data = codec.encode(net, image, quality, qmap=qmap)
     atomic_write_bytes(out, data)
     bpp = len(data) * 8 / (h * w)
     return f"{out}: {w}x{h}, {len(data)} bytes, {bpp:.4f} bpp, quality {quality:g}"

@@ -31,6 +31,7 @@ checked before encoding (:func:`check_encodable`).
 from __future__ import annotations
 
 import array
+import inspect
 import io
 import math
 import os
@@ -82,8 +83,8 @@ ImageLike = Union[np.ndarray, Tensor]
 MAGIC = b"GVAE"
 #: Newest container version this module writes and reads.
 FORMAT_VERSION = 1
-#: ``flags`` bit 0: a spatial quality map follows (reserved for a spatially
-#: varying gained model; not produced or decoded by this version).
+#: ``flags`` bit 0: the image was coded with a spatial quality map
+#: (``gained-scgain``). Informational: the decoder needs no map.
 FLAG_QUALITY_MAP = 0x01
 KNOWN_FLAGS = FLAG_QUALITY_MAP
 #: Largest image height or width a container may announce.
@@ -464,7 +465,16 @@ def _check_quality(net: nn.Module, quality: float, source: Optional[str] = None)
     return float(quality.item() if isinstance(quality, Tensor) else quality)
 
 
-def _pack(identity: Tuple[str, str], shape: Sequence[int], quality: float, enc) -> bytes:
+def _qmap_kwargs(net: nn.Module, qmap) -> dict:
+    """``{"qmap": qmap}`` for a model that takes a quality map, ``{}`` without a map."""
+    if qmap is None:
+        return {}
+    if "qmap" not in inspect.signature(net.analysis).parameters:
+        raise CodecError(f"a quality map needs a gained-scgain model; {model_name(net)!r} has channel gains only")
+    return {"qmap": qmap}
+
+
+def _pack(identity: Tuple[str, str], shape: Sequence[int], quality: float, enc, flags: int = 0) -> bytes:
     y_strings, z_strings = enc["strings"]
     if len(y_strings) != 1 or len(z_strings) != 1:
         raise CodecError(f"a container holds one image, got a batch of {len(y_strings)}")
@@ -475,10 +485,11 @@ def _pack(identity: Tuple[str, str], shape: Sequence[int], quality: float, enc) 
         width=int(shape[1]),
         quality=float(quality),
         streams=(y_strings[0], z_strings[0]),
+        flags=flags,
     ).to_bytes()
 
 
-def encode(net: nn.Module, image: ImageLike, quality: float) -> bytes:
+def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None) -> bytes:
     """Code one image at ``quality`` (float in ``[1, net.levels]``) into a ``.gvae`` file.
 
     Args:
@@ -487,14 +498,21 @@ def encode(net: nn.Module, image: ImageLike, quality: float) -> bytes:
         image: ``uint8`` ``(H, W, 3)`` array (see :func:`load_image`) or float
             tensor ``(1, 3, H, W)`` / ``(3, H, W)`` in ``[0, 1]``.
         quality: the rate knob; 1 = lowest rate.
+        qmap: optional spatial quality map for ``gained-scgain`` (tensor, number
+            in ``[0, 1]`` or grayscale image path; sets flag bit 0).
     """
     identity = model_identity(net)
     q = _check_quality(net, quality)
     x = _prepare(net, image)
+    kw = _qmap_kwargs(net, qmap)
     guard_entropy_coders(net)
     with torch.inference_mode():
-        enc = net.compress(x, q)
-    return _pack(identity, x.shape[-2:], q, enc)
+        try:
+            y = net.analysis(x, **kw)
+        except ValueError as err:
+            raise CodecError(f"quality map: {err}") from None
+        enc = net.compress_analysed(y, q, tuple(x.shape[-2:]))
+    return _pack(identity, x.shape[-2:], q, enc, FLAG_QUALITY_MAP if kw else 0)
 
 
 def _longest_run(stream: bytes, value: int = 0xFF) -> int:
@@ -690,10 +708,10 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
     """
     c = data if isinstance(data, Container) else Container.from_bytes(data)
     name, hash_prefix = model_identity(net)
-    if c.flags & FLAG_QUALITY_MAP:
+    if c.flags & FLAG_QUALITY_MAP and "qmap" not in inspect.signature(net.analysis).parameters:
         raise CodecError(
-            "this file carries a spatial quality map (flag bit 0), which needs a gained-scgain model; "
-            "this version of gainedvae cannot decode it"
+            f"this file was coded with a spatial quality map (flag bit 0), which only gained-scgain "
+            f"models write; the loaded model {name!r} has no quality-map support"
         )
     if c.model != name or c.weights_hash != hash_prefix:
         where = getattr(net, "checkpoint_path", None)
@@ -867,20 +885,24 @@ def _mean_log_lambda_step(net: nn.Module) -> float:
 
 
 def _rate_control(
-    net: nn.Module, image: ImageLike, metric: str, target: float, tol: float, max_iter: int
+    net: nn.Module, image: ImageLike, metric: str, target: float, tol: float, max_iter: int, qmap=None
 ) -> RateControlResult:
     start = time.perf_counter()
     identity = model_identity(net)
     x = _prepare(net, image)
+    kw = _qmap_kwargs(net, qmap)
     guard_entropy_coders(net)
     shape = tuple(x.shape[-2:])
     pixels = shape[0] * shape[1]
     with torch.inference_mode():
-        y = net.analysis(x)  # the quality-independent transform, once
+        try:
+            y = net.analysis(x, **kw)  # the quality-independent transform, once
+        except ValueError as err:
+            raise CodecError(f"quality map: {err}") from None
 
         def evaluate(q: float) -> _Trial:
             enc = net.compress_analysed(y, q, shape)
-            data = _pack(identity, shape, q, enc)
+            data = _pack(identity, shape, q, enc, FLAG_QUALITY_MAP if kw else 0)
             bpp = len(data) * 8 / pixels
             psnr = None
             if metric == "psnr":
@@ -912,7 +934,7 @@ def _rate_control(
 
 
 def encode_to_bpp(
-    net: nn.Module, image: ImageLike, target_bpp: float, tol: float = 0.02, max_iter: int = 30
+    net: nn.Module, image: ImageLike, target_bpp: float, tol: float = 0.02, max_iter: int = 30, qmap=None
 ) -> RateControlResult:
     """Encode at the quality whose file size is within ``tol`` (relative) of
     ``target_bpp`` (bits of the whole ``.gvae`` file per pixel).
@@ -926,11 +948,11 @@ def encode_to_bpp(
         raise CodecError(f"target bpp must be a positive number, got {target_bpp!r}")
     if not 0 < tol < 1:
         raise CodecError(f"tol must be in (0, 1), got {tol!r}")
-    return _rate_control(net, image, "bpp", float(target_bpp), tol, max_iter)
+    return _rate_control(net, image, "bpp", float(target_bpp), tol, max_iter, qmap)
 
 
 def encode_to_psnr(
-    net: nn.Module, image: ImageLike, target_psnr: float, tol: float = 0.1, max_iter: int = 30
+    net: nn.Module, image: ImageLike, target_psnr: float, tol: float = 0.1, max_iter: int = 30, qmap=None
 ) -> RateControlResult:
     """Encode at the quality whose 8-bit reconstruction PSNR is within ``tol``
     dB of ``target_psnr``.
@@ -942,4 +964,4 @@ def encode_to_psnr(
         raise CodecError(f"target PSNR must be a positive number of dB, got {target_psnr!r}")
     if not tol > 0:
         raise CodecError(f"tol must be positive, got {tol!r}")
-    return _rate_control(net, image, "psnr", float(target_psnr), tol, max_iter)
+    return _rate_control(net, image, "psnr", float(target_psnr), tol, max_iter, qmap)

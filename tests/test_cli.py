@@ -242,3 +242,22 @@ def test_subprocess_python_m_gainedvae(files, sample, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gainedvae: error: ") and "truncated" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not png.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.gvae"]
+
+
+def test_cli_qmap_with_scgain(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    net = gainedvae.get_model("gained-scgain", N=16, M=16, lambdas=(0.0067, 0.025, 0.0932))
+    ckpt = gainedvae.save_checkpoint(net, tmp_path / "sc.pt")
+    img = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype("uint8")).save(img)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(mask)
+    out = tmp_path / "o.gvae"
+    assert main(["compress", str(img), "-o", str(out), "-c", str(ckpt), "--qmap", str(mask), "--quality", "2"]) == 0
+    assert main(["info", str(out)]) == 0 and "flags 0x01" in capsys.readouterr().out
+    assert main(["decompress", str(out), "-o", str(tmp_path / "o.png"), "-c", str(ckpt)]) == 0
+    assert Image.open(tmp_path / "o.png").size == (56, 40)
+    assert main(["compress", str(img), "-o", str(tmp_path / "p.gvae"), "-c", str(ckpt), "--qmap", "nope.png"]) == 2
+    assert "--qmap nope.png" in capsys.readouterr().err

@@ -509,3 +509,29 @@ def test_guard_is_idempotent_and_transparent(net, sample):
     assert torch.equal(codec.decode(clone, sample), codec.decode(net, sample))
     assert codec.rans_padding(b"", 10) == 8 + 40 + 256 + 65536
     assert codec.rans_padding(b"\x00\xff\xff\xff\x01", 0) == 8 + 16 * 19 + 65536
+
+
+def test_scgain_quality_map_through_the_codec(tmp_path):
+    net = gainedvae.get_model("gained-scgain", N=16, M=16, lambdas=(0.0067, 0.025, 0.0932))
+    net.gain.init_from_lambdas(net.lambdas, reference=0.025)
+    with torch.no_grad():  # a fresh model ignores the map (zero-initialised SFT outputs)
+        for name, p in net.named_parameters():
+            if name.startswith(("sft_", "cond_")):
+                p.normal_(0, 0.2)
+    net.update(force=True)
+    net.eval()
+    img = (np.random.default_rng(1).random((48, 80, 3)) * 255).astype(np.uint8)
+    mask = tmp_path / "roi.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 40).astype(np.uint8), (24, 1))).save(mask)  # other size: resized
+    data = codec.encode(net, img, 2.5, qmap=str(mask))
+    c = codec.Container.from_bytes(data)
+    assert c.flags & codec.FLAG_QUALITY_MAP
+    x = codec.image_to_tensor(img)
+    with torch.no_grad():
+        expected = net.decompress(net.compress(x, 2.5, str(mask))["strings"], (48, 80), 2.5)["x_hat"]
+    assert torch.equal(codec.decode(net, data), expected)  # no map needed to decode
+    assert codec.encode(net, img, 2.5, qmap=0.0) != codec.encode(net, img, 2.5, qmap=1.0)
+    r = codec.encode_to_bpp(net, img, 1.0, qmap=str(mask))
+    assert codec.Container.from_bytes(r.data).flags & codec.FLAG_QUALITY_MAP
+    with pytest.raises(CodecError, match="quality map"):
+        codec.encode(net, img, 2.5, qmap=-0.5)
