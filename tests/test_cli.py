@@ -19,12 +19,6 @@ LAMBDAS = (0.0035, 0.013, 0.0483, 0.18)
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(seed):

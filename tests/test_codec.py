@@ -21,13 +21,6 @@ from conftest import tiny_model
 LAMBDAS = (0.0035, 0.013, 0.0483, 0.18)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are much faster single-threaded on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def spread_model(reference=1e-4, seed=0, name="gained-mbt2018-mean"):

@@ -15,30 +15,17 @@ from gainedvae.models import (
     pad_to_multiple,
 )
 
+from conftest import tiny_model
+
 LAMBDAS = (0.0067, 0.013, 0.025, 0.0483)
 CONTEXT = ["gained-mbt2018", "gained-mbt2018-checkerboard", "gained-cheng2020-attn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the serial coders run thousands of tiny ops: threads only add hand-offs
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def coding_model(name, **kw):
     """A tiny model ready to code, gains random and large enough for many non-zero symbols."""
-    torch.manual_seed(0)
-    net = gainedvae.get_model(name, N=16, M=16, lambdas=LAMBDAS, **kw)
-    if gainedvae.is_gained(net):
-        with torch.no_grad():
-            for m in (net.gain.y, net.gain.y_inv, net.gain.z, net.gain.z_inv):
-                m.log_gain.normal_(0, 0.5)
-            net.gain.y.log_gain.add_(2.0)
-    net.update(force=True)
-    return net.eval()
+    return tiny_model(name, lambdas=LAMBDAS, y_boost=2.0, seed=0, **kw)
 
 
 _CACHE = {}

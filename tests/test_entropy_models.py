@@ -9,29 +9,17 @@ import gainedvae
 from gainedvae.checkpoint import load_checkpoint, save_checkpoint
 from gainedvae.entropy import ENTROPY_MODELS, AsymmetricGaussianConditional, GMMConditional
 
+from conftest import tiny_model
+
 LAMBDAS = (0.0067, 0.013, 0.025, 0.0483)
 HYPERPRIORS = ["gained-mbt2018-mean", "gained-bmshj2018-hyperprior"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: thread hand-offs cost more than they bring on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def coding_model(name, **kw):
-    """A tiny model ready to code, with random gains large enough that ``y`` has many non-zero symbols."""
-    torch.manual_seed(0)
-    net = gainedvae.get_model(name, N=16, M=16, lambdas=LAMBDAS, **kw)
-    with torch.no_grad():
-        for m in (net.gain.y, net.gain.y_inv, net.gain.z, net.gain.z_inv):
-            m.log_gain.normal_(0, 0.5)
-        net.gain.y.log_gain.add_(2.0)
-    net.update(force=True)
-    return net.eval()
+    """A tiny model ready to code, gains random and large enough for many non-zero symbols."""
+    return tiny_model(name, lambdas=LAMBDAS, y_boost=2.0, seed=0, **kw)
 
 
 _CACHE = {}

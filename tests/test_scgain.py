@@ -25,13 +25,6 @@ sys.path.insert(0, str(ROOT))
 LAMBDAS = (0.0067, 0.013, 0.025, 0.0483)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a busy machine: one thread avoids OpenMP oversubscription (10-50x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sc_model():
