@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import atomic_save
-from .data import IMAGE_EXTENSIONS, load_rgb
+from .codec import load_image
+from .data import IMAGE_EXTENSIONS
 from .metrics import ms_ssim, ms_ssim_db, psnr, to_uint8
 from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, pad_to_multiple
 
@@ -68,9 +69,9 @@ def default_images() -> Tuple[List[Path], str]:
 
 
 def read_image(path: Path) -> Tensor:
-    """``(1, 3, H, W)`` uint8 tensor of an image file (8-bit RGB)."""
-    arr = np.asarray(load_rgb(str(path)), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None]
+    """``(1, 3, H, W)`` uint8 tensor of an image file, converted to 8-bit RGB exactly
+    as the codec converts its input (:func:`gainedvae.codec.load_image`)."""
+    return torch.from_numpy(load_image(path)).permute(2, 0, 1)[None]
 
 
 # ---------------------------------------------------------------------------
