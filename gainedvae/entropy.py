@@ -448,6 +448,49 @@ def configure_entropy_model(model: nn.Module, kind: str, M: int, with_means: boo
     model.gaussian_conditional = AsymmetricGaussianConditional(None) if kind == "asymmetric" else GMMConditional(K)
 
 
+def widen_gaussian_state(model: nn.Module, state_dict: Dict[str, Tensor], spread: float = 2**0.25) -> Dict[str, Tensor]:
+    """A Gaussian hyperprior's state dict, rewritten for ``model``'s wider entropy model.
+
+    The last layer of ``h_s`` is copied into the layout of :func:`split_entropy_params`
+    so that the model starts as the Gaussian it comes from (a shared start for the
+    entropy-model ablation): the asymmetric model gets ``s_l = s_r = s``, the GMM
+    ``K`` copies of the mean and of the scale with equal weights (zero logits). The
+    GMM's components would stay identical under gradient descent, so component
+    ``k``'s scale is multiplied by ``spread ** (k - (K - 1) / 2)`` (the one
+    departure from the Gaussian; ``spread=1`` keeps it exact). Returns the state dict
+    unchanged when it already fits or is not a Gaussian one (the caller's strict
+    loading then reports the mismatch).
+    """
+    kind = getattr(model, "entropy_model", "gaussian")
+    if kind == "gaussian":
+        return state_dict
+    for i in range(len(model.h_s) - 1, -1, -1):
+        layer = model.h_s[i]
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            break
+    dim = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+    wkey, bkey = f"h_s.{i}.weight", f"h_s.{i}.bias"
+    with_means = getattr(model, "_entropy_with_means", True)
+    K = getattr(model, "_entropy_K", 3)
+    M = layer.weight.shape[dim] // _params_per_element(kind, with_means, K)
+    w, b = state_dict.get(wkey), state_dict.get(bkey)
+    if w is None or b is None or w.shape[dim] != _params_per_element("gaussian", with_means, 1) * M:
+        return state_dict
+
+    def widen(t: Tensor, d: int) -> Tensor:
+        scales, means = t.chunk(2, d) if with_means else (t, None)
+        if kind == "asymmetric":
+            return torch.cat((scales, scales) + ((means,) if with_means else ()), d)
+        factors = [spread ** (k - (K - 1) / 2) for k in range(K)]
+        logits = torch.zeros_like(torch.cat([scales] * K, d))
+        scale_k = torch.cat([scales * f for f in factors], d)
+        return torch.cat((logits, torch.cat([means] * K, d), scale_k) if with_means else (logits, scale_k), d)
+
+    out = dict(state_dict)
+    out[wkey], out[bkey] = widen(w, dim), widen(b, 0)
+    return out
+
+
 def split_entropy_params(model: nn.Module, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     """``(scales, means)`` for ``model.gaussian_conditional`` from ``h_s``'s output ``h``.
 

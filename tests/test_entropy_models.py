@@ -7,7 +7,7 @@ from compressai.entropy_models import GaussianConditional
 
 import gainedvae
 from gainedvae.checkpoint import load_checkpoint, save_checkpoint
-from gainedvae.entropy import ENTROPY_MODELS, AsymmetricGaussianConditional, GMMConditional
+from gainedvae.entropy import ENTROPY_MODELS, AsymmetricGaussianConditional, GMMConditional, widen_gaussian_state
 
 from conftest import tiny_model
 
@@ -225,3 +225,55 @@ def test_gmm_corrupt_streams_do_not_crash():
         assert gmm.decompress([bad], params).shape == (1, 5, 4, 3)
     with pytest.raises(ValueError, match="not finite"):
         gmm.compress(torch.full((1, 5, 4, 3), float("nan")), params)
+
+
+# -- shared start: a Gaussian backbone loads into the wider entropy models -------------
+
+
+def _gaussian_and_widened(kind, spread=None):
+    torch.manual_seed(3)
+    gauss = gainedvae.get_model("gained-mbt2018-mean", N=16, M=16, lambdas=LAMBDAS).eval()
+    wide = gainedvae.get_model("gained-mbt2018-mean", N=16, M=16, lambdas=LAMBDAS, entropy_model=kind).eval()
+    if spread is None:
+        wide.load_backbone_state_dict(gauss.state_dict())
+    else:
+        wide.load_state_dict(widen_gaussian_state(wide, gauss.state_dict(), spread=spread))
+    return gauss, wide
+
+
+def test_asymmetric_starts_as_the_gaussian_it_loads():
+    gauss, asym = _gaussian_and_widened("asymmetric")
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = gauss(x, quality=2.5), asym(x, quality=2.5)
+    assert torch.equal(a["x_hat"], b["x_hat"])
+    torch.testing.assert_close(b["likelihoods"]["y"], a["likelihoods"]["y"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("spread,exact", [(1.0, True), (2**0.25, False)])
+def test_gmm_starts_near_the_gaussian_it_loads(spread, exact):
+    gauss, gmm = _gaussian_and_widened("gmm", spread)
+    z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = torch.randint(-6, 7, (1, 16, 16, 16)).float()  # integers: both models quantise them alike
+    with torch.no_grad():
+        scales, means = gauss.h_s(z).chunk(2, 1)
+        ref = gauss.gaussian_conditional._likelihood(y, gauss.gaussian_conditional.lower_bound_scale(scales), means)
+        s, m, w = gmm.gaussian_conditional.split_params(gmm.h_s(z))
+        lik = gmm.gaussian_conditional._likelihood(y, s, m, w)
+    K = 3
+    torch.testing.assert_close(w, torch.full_like(w, 1 / K))
+    torch.testing.assert_close(m, means.repeat(1, K, 1, 1))
+    torch.testing.assert_close(s[:, 32:48], scales * spread)  # the last component's scale
+    if exact:
+        torch.testing.assert_close(lik.clamp_min(1e-9), ref.clamp_min(1e-9), rtol=1e-4, atol=1e-6)
+    else:
+        assert not torch.allclose(lik, ref)
+        assert (lik.clamp_min(1e-9).log2() - ref.clamp_min(1e-9).log2()).abs().mean() < 0.2
+
+
+def test_widening_leaves_other_state_dicts_alone():
+    gmm = gainedvae.get_model("gained-mbt2018-mean", N=16, M=16, entropy_model="gmm")
+    wrong = gainedvae.get_model("gained-mbt2018-mean", N=16, M=24).state_dict()
+    assert widen_gaussian_state(gmm, wrong) is wrong
+    with pytest.raises((KeyError, RuntimeError)):
+        gmm.load_backbone_state_dict(wrong)

@@ -15,7 +15,7 @@ import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import Tensor
 
-from ..entropy import configure_entropy_model, split_entropy_params
+from ..entropy import configure_entropy_model, split_entropy_params, widen_gaussian_state
 from .base import DEFAULT_LAMBDAS, GainedModel
 
 
@@ -48,6 +48,12 @@ class GainedHyperprior(GainedModel):
         (nothing for the default Gaussian, so such checkpoints stay as they were)."""
         kind = getattr(self, "entropy_model", "gaussian")
         return {} if kind == "gaussian" else {"entropy_model": kind}
+
+    def load_backbone_state_dict(self, state_dict) -> None:
+        """As :meth:`GainedModel.load_backbone_state_dict`; a Gaussian backbone also
+        loads into the asymmetric / GMM variants, which then start as that Gaussian
+        (:func:`~gainedvae.entropy.widen_gaussian_state`)."""
+        super().load_backbone_state_dict(widen_gaussian_state(self, state_dict))
 
     def _entropy_params(self, params: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """``(scales, means)`` of the conditional from the hyper-synthesis output."""
