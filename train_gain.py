@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0 = torch default)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=d.channels_last,
                    help="channels_last memory format: faster on CPU for the hyperprior models (see results/benchmarks/train_throughput.md) but off by default: it corrupts memory with cheng2020 models on torch 2.15")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default=d.compile,
+                   help="torch.compile the training forward; auto = on for the models measured faster on CPU "
+                        "with the same losses, in runs of 2000+ steps (results/benchmarks/train_throughput.md)")
     p.add_argument("--save-dir", default=d.save_dir)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--keep", type=int, default=d.keep, help="number of periodic checkpoints kept (plus best.pt)")
@@ -85,7 +88,7 @@ def config_from_args(args) -> TrainConfig:
         num_workers=args.num_workers, device=device, save_dir=args.save_dir, save_every=args.save_every,
         keep=args.keep, val_every=args.val_every, val_split=args.val_split, val_size=args.val_size,
         val_max_images=args.val_max_images, log_every=args.log_every, log_images=args.log_images,
-        downscale_jpeg=args.downscale_jpeg, init=args.init, threads=args.threads, channels_last=args.channels_last,
+        downscale_jpeg=args.downscale_jpeg, init=args.init, threads=args.threads, channels_last=args.channels_last, compile=args.compile,
         qmap_lambda_range=tuple(args.qmap_lambda_range), entropy_model=args.entropy_model,
     )
 

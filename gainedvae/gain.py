@@ -57,6 +57,10 @@ def check_quality(quality: QualityLike, levels: int) -> Tensor:
         q = torch.tensor(float(quality), dtype=torch.float64)
     else:
         raise TypeError(f"quality must be a number in [1, {levels}], got {type(quality).__name__}")
+    if torch.compiler.is_compiling():
+        # a compiled training step (train.compiled): the level sampler's values are in range, and
+        # the data-dependent checks below would break the graph
+        return q.to(torch.float32)
     if not torch.isfinite(q).all():
         raise ValueError(f"quality must be finite, got {quality!r}")
     lo, hi = q.min().item(), q.max().item()

@@ -77,6 +77,9 @@ class TrainConfig:
     # channels_last measured 17-21 % faster for mbt2018-mean on CPU, but with torch 2.15 it corrupts
     # the heap when training cheng2020-attn-gmm (glibc: 'corrupted size vs. prev_size'): opt-in only.
     channels_last: bool = False
+    # torch.compile of the training forward: "auto" compiles where it was measured faster with the
+    # same losses (see compile_plan and results/benchmarks/train_throughput.md), "on" / "off" force it.
+    compile: str = "auto"
     # gained-scgain: pixel-wise lambda = level lambda * LOW ** (1 - q) * HIGH ** q (gainedvae.qmap.lambda_scale)
     qmap_lambda_range: Tuple[float, float] = DEFAULT_LAMBDA_RANGE
     entropy_model: Optional[str] = None  # gained hyperprior models: gaussian | asymmetric | gmm
@@ -183,6 +186,45 @@ def sample_qmaps(cfg: TrainConfig, step: int, x: Tensor, rank: int = 0) -> Tenso
     a function of ``(seed, step, rank)`` like the batches themselves."""
     g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, rank, 0x9A9))
     return random_qmaps(x.size(0), x.size(-2), x.size(-1), g).to(x.device)
+
+
+#: Models whose compiled training step benchmarks/train_throughput.py measured faster than eager
+#: on CPU with the same losses; "auto" compiles only these, only on CPU, and only for runs long
+#: enough to repay the compilation (COMPILE_MIN_STEPS).
+COMPILE_AUTO_MODELS = ("gained-mbt2018-mean", "mbt2018-mean")
+COMPILE_MIN_STEPS = 2000
+
+
+def compile_plan(cfg: TrainConfig, device: torch.device, steps_left: int) -> Tuple[bool, str]:
+    """Whether to ``torch.compile`` the training forward, and why (printed at start)."""
+    if cfg.compile not in ("auto", "on", "off"):
+        raise TrainingError(f"--compile must be auto, on or off; got {cfg.compile!r}")
+    if cfg.compile != "auto":
+        return cfg.compile == "on", f"--compile {cfg.compile}"
+    if device.type != "cpu":
+        return False, "auto: not measured on this device (use --compile on to try)"
+    if cfg.model not in COMPILE_AUTO_MODELS or (cfg.entropy_model or "gaussian") != "gaussian":
+        return False, f"auto: {cfg.model} is not among the measured models {', '.join(COMPILE_AUTO_MODELS)}"
+    if steps_left < COMPILE_MIN_STEPS:
+        return False, f"auto: {steps_left} steps left, compiling pays from {COMPILE_MIN_STEPS}"
+    import shutil
+
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        return False, f"auto: no C++ compiler ({compiler}) for torch.compile's CPU backend"
+    return True, "auto: measured faster on CPU with the same losses"
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` for the training forward. Inductor draws the training noise from
+    torch's generator (``fallback_random``) so that a compiled step gives the eager step's loss and
+    ``--resume`` stays exact; a compilation failure falls back to eager (``suppress_errors``)."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.fallback_random = True
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
 
 
 def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None], qmap: Optional[Tensor] = None):
@@ -374,6 +416,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         quantiles = [n for n, _ in net.named_parameters() if n.endswith(".quantiles")]
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, quantiles)
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    use_compile, why = compile_plan(cfg, device, cfg.steps - start_step)
+    if rank == 0 and progress:
+        print(f"torch.compile {'on' if use_compile else 'off'} ({why})")
+    forward_model = compiled(model) if use_compile else model
     dataset = PatchDataset(train_images, cfg.patch_size, train=True, downscale_jpeg=cfg.downscale_jpeg)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.steps, cfg.seed, start_step, rank, world)
     loader = DataLoader(
@@ -421,7 +467,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
 
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
-        out = model_forward(model, x, level, qmap)
+        out = model_forward(forward_model, x, level, qmap)
         metrics = rate_distortion(out, x, lmbda, cfg.metric)
         if not torch.isfinite(metrics["loss"]):
             bar.close()

@@ -13,7 +13,7 @@ RUNS=${RUNS:-runs/protocol}
 DATA=${DATA:-../shared/data}
 TRAIN_DATA="$DATA/bsds500/train $DATA/bsds500/val $DATA/bsds500/test $DATA/sun_hays80"
 COMMON="-N 64 -M 96 --batch-size 8 --patch-size 128 --downscale-jpeg --val-size 256 --val-max-images 16 \
-        --val-every 1000 --save-every 500 --keep 2 --log-every 50 --seed 0 --no-progress --threads ${THREADS:-0}"
+        --val-every 1000 --save-every 500 --keep 2 --log-every 50 --seed 0 --no-progress --threads ${THREADS:-0} --compile off"
 PRETRAIN_STEPS=10000
 STEPS=8000             # per model after the shared start: every single-rate model and the gained model
 PRETRAIN_LAMBDA=0.18   # the highest quality first; every other model is fine-tuned from it

@@ -10,7 +10,7 @@ import torch
 
 import gainedvae
 from gainedvae.data import DataError, PatchDataset, StepBatchSampler, split_dataset
-from gainedvae.train import TrainConfig, TrainingError, train
+from gainedvae.train import TrainConfig, TrainingError, compile_plan, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,3 +190,39 @@ def test_entropy_model_option_is_trained_and_recorded(image_dir, tmp_path, kind)
     assert torch.equal(net.decompress(enc["strings"], enc["shape"], 1.5)["x_hat"], net(x, quality=1.5)["x_hat"].clamp(0, 1))
     with pytest.raises(TrainingError, match="does not take"):
         train(cfg(image_dir, tmp_path / "x", model="mbt2018-mean", lmbda=0.01, entropy_model=kind), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kw,device,steps_left,expect",
+    [
+        ({}, "cpu", 8000, True),
+        ({}, "cpu", 100, False),  # too short to repay the compilation
+        ({}, "cuda", 8000, False),  # not measured there
+        ({"model": "gained-mbt2018"}, "cpu", 8000, False),
+        ({"entropy_model": "gmm"}, "cpu", 8000, False),
+        ({"compile": "on"}, "cpu", 1, True),
+        ({"compile": "off"}, "cpu", 8000, False),
+    ],
+)
+def test_compile_plan(kw, device, steps_left, expect, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    use, why = compile_plan(TrainConfig(data=("x",), **kw), torch.device(device), steps_left)
+    assert use is expect and why
+
+
+def test_compile_plan_needs_a_compiler_and_a_valid_choice(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    use, why = compile_plan(TrainConfig(data=("x",)), torch.device("cpu"), 8000)
+    assert not use and "compiler" in why
+    with pytest.raises(TrainingError, match="--compile"):
+        compile_plan(TrainConfig(data=("x",), compile="yes"), torch.device("cpu"), 8000)
+
+
+def test_compiled_training_gives_the_eager_losses(image_dir, tmp_path):
+    """torch.compile with the training noise from torch's generator: same losses as eager."""
+    eager = train(cfg(image_dir, tmp_path / "eager", steps=3, val_every=100, compile="off"), progress=False)
+    comp = train(cfg(image_dir, tmp_path / "comp", steps=3, val_every=100, compile="on"), progress=False)
+    a = [json.loads(ln)["loss"] for ln in (eager.parent / "train_log.jsonl").read_text().splitlines()]
+    b = [json.loads(ln)["loss"] for ln in (comp.parent / "train_log.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 3
+    assert b == pytest.approx(a, rel=1e-4)
