@@ -37,6 +37,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (missing, unsafe, or malformed)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
     atomic_save(lambda f: f.write(data), path)
@@ -52,6 +58,7 @@ def atomic_save(writer, path: PathLike) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -172,6 +179,19 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
         net.lambdas = tuple(float(v) for v in lambdas)
     net.weights_hash = hash_state_dict(payload["state_dict"] if payload.get("format") == FORMAT else state_dict)
     return net
+
+
+def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True) -> Path:
+    """Write a weights-only copy of the checkpoint ``src`` (e.g. a training checkpoint) to ``dst``.
+
+    Drops the optimiser, scheduler and RNG state; keeps the model description, the training
+    step and configuration (provenance) and stores floating-point weights as float16 when
+    ``half`` (how the default model is shipped). The result loads with :func:`load_checkpoint`.
+    """
+    payload = read_checkpoint(src)
+    net = build_from_payload(payload, source=str(src))
+    extra = {k: payload[k] for k in ("step", "train_config") if k in payload}
+    return save_checkpoint(net, dst, half=half, **extra)
 
 
 def load_checkpoint(

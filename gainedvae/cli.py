@@ -5,6 +5,7 @@
     gainedvae compress IMG -o OUT.gvae [--quality Q | --bpp B | --psnr P] [--checkpoint C] [--force]
     gainedvae decompress IN.gvae -o IMG.png [--checkpoint C] [--force]
     gainedvae info IN.gvae
+    gainedvae export TRAINING_CKPT -o MODEL.pt [--float32] [--force]
 
 Every failure prints one line ``gainedvae: error: ...`` to stderr and exits
 with status 2; outputs are written atomically and an existing output is only
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{compress,decompress,info}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{compress,decompress,info,export}", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("compress", help="code an image into a .gvae file")
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a .gvae file (no model needed)")
     p.add_argument("input", help="input .gvae file")
+
+    p = sub.add_parser("export", help="weights-only copy of a (training) checkpoint, float16 by default")
+    p.add_argument("checkpoint", help="checkpoint written by train_gain.py or save_checkpoint")
+    p.add_argument("-o", "--output", required=True, help="output .pt file")
+    p.add_argument("--float32", action="store_true", help="keep float32 weights")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     return parser
 
 
@@ -161,7 +168,18 @@ def _cmd_info(args) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _cmd_compress, "decompress": _cmd_decompress, "info": _cmd_info}
+def _cmd_export(args) -> str:
+    from .checkpoint import export_checkpoint, read_checkpoint
+
+    out = _check_output(args.output, args.force, [args.checkpoint])
+    export_checkpoint(args.checkpoint, out, half=not args.float32)
+    payload = read_checkpoint(out)
+    params = sum(t.numel() for t in payload["state_dict"].values())
+    return (f"{out}: {payload['model']} {payload['config']}, {params:,} parameters, "
+            f"{out.stat().st_size / 2**20:.2f} MiB, step {payload.get('step', '?')}")
+
+
+COMMANDS = {"compress": _cmd_compress, "decompress": _cmd_decompress, "info": _cmd_info, "export": _cmd_export}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -79,3 +79,25 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
         gainedvae.save_checkpoint(net, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_export_makes_a_small_weights_only_copy(tmp_path):
+    from gainedvae.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+
+    net = tiny_model(seed=1)
+    src = save_checkpoint(net, tmp_path / "train.pt", step=7, optimizer={"state": {}, "param_groups": []},
+                          train_config={"steps": 7})
+    out = export_checkpoint(src, tmp_path / "model.pt")
+    payload = read_checkpoint(out)
+    assert payload["step"] == 7 and payload["train_config"] == {"steps": 7} and "optimizer" not in payload
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    loaded = load_checkpoint(out)
+    for k, v in net.state_dict().items():  # float16 rounding only
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=1e-3, atol=1e-4)
+    assert (out.stat().st_mode & 0o777) == 0o666 & ~_current_umask()
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -204,9 +204,30 @@ def test_usage_and_input_errors_are_one_line(files, tmp_path, capsys, argv, matc
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(DEFAULT_CHECKPOINT.is_file(), reason="a default model is shipped")
-def test_missing_default_model_is_a_clear_error(files, tmp_path, capsys):
+def test_missing_default_model_is_a_clear_error(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("gainedvae.checkpoint.DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
     assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae"), match="no shipped default model")
+
+
+def test_shipped_default_model_round_trips(tmp_path, capsys):
+    """The shipped model (no --checkpoint): compress and decompress a real photograph."""
+    from gainedvae.evaluate import default_images
+
+    assert DEFAULT_CHECKPOINT.is_file() and DEFAULT_CHECKPOINT.stat().st_size <= 20 * 2**20
+    src = tmp_path / "photo.png"
+    Image.open(default_images()[0][0]).convert("RGB").crop((128, 64, 384, 256)).save(src)
+    results = []
+    for q in (1, 8):
+        rc, out, err = run(capsys, "compress", src, "-o", tmp_path / f"q{q}.gvae", "-q", q)
+        assert rc == 0, err
+        rc, out, err = run(capsys, "decompress", tmp_path / f"q{q}.gvae", "-o", tmp_path / f"q{q}.png")
+        assert rc == 0, err
+        a = np.asarray(Image.open(src).convert("RGB"), dtype=np.float64)
+        b = np.asarray(Image.open(tmp_path / f"q{q}.png"), dtype=np.float64)
+        psnr = 10 * np.log10(255**2 / np.mean((a - b) ** 2))
+        results.append(((tmp_path / f"q{q}.gvae").stat().st_size, psnr))
+    (small, low), (large, high) = results
+    assert small < large and low + 2 < high and low > 22
 
 
 def test_alpha_warning_is_one_line(files, tmp_path, capsys):
