@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", default="results/eval")
     p.add_argument("--name", default=None, help="label of the gained model (default: its registry name)")
     p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--cache", default=None, metavar="FILE.jsonl",
+                   help="keep measured rows here and reuse them on the next run (keyed by weights hash, image, quality)")
     p.add_argument("--cuda", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("--mode scgain (gained-scgain with quality maps; see docs/scgain.md)")
@@ -68,6 +70,7 @@ def run(args) -> int:
         images, source = ev.default_images()
         print(f"no -d given: evaluating on {source}")
     progress = not args.no_progress
+    cache = ev.RowCache(args.cache)
     if args.mode == "scgain":  # uniform / gradient / ROI maps (gainedvae/evaluate_scgain.py)
         from gainedvae.evaluate_scgain import run_scgain
 
@@ -77,7 +80,7 @@ def run(args) -> int:
 
     net = load_gained(args, device)
     name = args.name or model_name(net)
-    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name)
+    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name, cache)
     gained = ev.aggregate(rows, name, f"{ev.describe_model(net)}; real rANS bitstreams; {source}")
     ev.write_json(gained, out / f"{name}.json")
     ev.write_csv(rows, out / f"{name}-per-image.csv")
@@ -94,7 +97,7 @@ def run(args) -> int:
             continue
         snet = load_checkpoint(bp, device=device)
         if is_variable_rate(snet):  # another variable-rate model (e.g. the VBR peer): a full sweep
-            vrows = ev.evaluate_model(snet, images, ev.qualities_for(snet, args.step), device, progress, bp.name)
+            vrows = ev.evaluate_model(snet, images, ev.qualities_for(snet, args.step), device, progress, bp.name, cache)
             data = ev.aggregate(vrows, model_name(snet), f"{ev.describe_model(snet)}; {source}", {"checkpoint": str(bp)})
             ev.write_json(data, out / f"{model_name(snet)}.json")
             ev.write_csv(vrows, out / f"{model_name(snet)}-per-image.csv")
@@ -102,7 +105,7 @@ def run(args) -> int:
             curves.append(Curve(f"{model_name(snet)} (continuous, same budget)", data["results"], "gained"))
             continue
         q = ev.single_rate_label(snet)
-        srows = ev.evaluate_model(snet, images, [q], device, progress, f"{bp.name}")
+        srows = ev.evaluate_model(snet, images, [q], device, progress, f"{bp.name}", cache)
         res = ev.aggregate(srows, model_name(snet), ev.describe_model(snet),
                            {"lambda": (getattr(snet, "lambdas", None) or [None])[0], "checkpoint": str(bp)})
         singles.append((res, srows))
@@ -116,7 +119,7 @@ def run(args) -> int:
         curves.insert(0, Curve(label, merged["results"], "single"))
 
     for codec in [c.strip() for c in args.classic.split(",") if c.strip()]:
-        crows = ev.evaluate_classic(codec, images, progress)
+        crows = ev.evaluate_classic(codec, images, progress, cache)
         data = ev.aggregate(crows, f"pillow-{codec}", f"Pillow {codec.upper()} measured here; {source}")
         ev.write_json(data, out / f"pillow-{codec}.json")
         ev.write_csv(crows, out / f"pillow-{codec}-per-image.csv")

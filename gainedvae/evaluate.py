@@ -44,6 +44,46 @@ class Row:
     decoding_time: float
 
 
+class RowCache:
+    """Measured rows kept in a JSON-lines file, so that re-running an evaluation (another
+    baseline, a new plot) codes only what it has not coded before.
+
+    A row is keyed by the model's weights hash (or a classic codec and the Pillow version),
+    the image file (resolved path, size, modification time) and the quality. A model
+    without a weights hash (not loaded from a checkpoint) is never cached. Delete the file
+    to measure everything again.
+    """
+
+    def __init__(self, path: Optional[Path]):
+        self.path = Path(path) if path else None
+        self.rows: Dict[str, Row] = {}
+        if self.path and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.rows[rec["key"]] = Row(**rec["row"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from an interrupted run
+
+    @staticmethod
+    def key(model_key: Optional[str], image: Path, quality: float) -> Optional[str]:
+        if not model_key:
+            return None
+        st = Path(image).stat()
+        return f"{model_key}|{Path(image).resolve()}|{st.st_size}|{st.st_mtime_ns}|{quality!r}"
+
+    def get(self, key: Optional[str]) -> Optional[Row]:
+        return self.rows.get(key) if key and self.path else None
+
+    def put(self, key: Optional[str], row: Row) -> None:
+        if not key or not self.path:
+            return
+        self.rows[key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"key": key, "row": asdict(row)}) + "\n")
+
+
 # ---------------------------------------------------------------------------
 # images
 
@@ -124,19 +164,29 @@ def evaluate_model(
     device: str = "cpu",
     progress: bool = True,
     desc: str = "",
+    cache: Optional[RowCache] = None,
 ) -> List[Row]:
-    """Code every image at every quality; one :class:`Row` per pair."""
+    """Code every image at every quality; one :class:`Row` per pair (``cache``: see :class:`RowCache`)."""
     rows = []
+    cache = cache or RowCache(None)
+    model_key = getattr(net, "weights_hash", None)
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=desc or "evaluate", dynamic_ncols=True)
     for path in images:
-        ref = read_image(path)
-        x = ref.float().div(255).to(device)
-        pixels = ref.shape[-2] * ref.shape[-1]
+        ref = x = None
         for q in qualities:
-            x_hat, nbytes, est_bits, t_enc, t_dec = code(net, x, None if math.isnan(q) else q)
-            rec = to_uint8(x_hat.cpu())
-            rows.append(Row(path.name, q, nbytes * 8 / pixels, est_bits / pixels, psnr(ref, rec),
-                            ms_ssim(ref, rec), t_enc, t_dec))
+            key = cache.key(model_key, path, q)
+            row = cache.get(key)
+            if row is None:
+                if ref is None:
+                    ref = read_image(path)
+                    x = ref.float().div(255).to(device)
+                pixels = ref.shape[-2] * ref.shape[-1]
+                x_hat, nbytes, est_bits, t_enc, t_dec = code(net, x, None if math.isnan(q) else q)
+                rec = to_uint8(x_hat.cpu())
+                row = Row(path.name, q, nbytes * 8 / pixels, est_bits / pixels, psnr(ref, rec),
+                          ms_ssim(ref, rec), t_enc, t_dec)
+                cache.put(key, row)
+            rows.append(row)
             bar.update(1)
     bar.close()
     return rows
@@ -153,9 +203,13 @@ CLASSIC_QUALITIES = {
 _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 
 
-def evaluate_classic(codec: str, images: Sequence[Path], progress: bool = True) -> List[Row]:
+def evaluate_classic(codec: str, images: Sequence[Path], progress: bool = True,
+                     cache: Optional[RowCache] = None) -> List[Row]:
     """Pillow's JPEG / WebP / AVIF over a quality sweep, bpp from the encoded bytes."""
+    import PIL
     from PIL import features
+
+    cache = cache or RowCache(None)
 
     if codec not in _PIL_FORMAT:
         raise ValueError(f"unknown classic codec {codec!r}; choose from {', '.join(_PIL_FORMAT)}")
@@ -165,9 +219,17 @@ def evaluate_classic(codec: str, images: Sequence[Path], progress: bool = True) 
     qualities = CLASSIC_QUALITIES[codec]
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=f"pillow-{codec}", dynamic_ncols=True)
     for path in images:
-        ref = read_image(path)
-        img = Image.fromarray(ref[0].permute(1, 2, 0).numpy())
+        ref = img = None
         for q in qualities:
+            key = cache.key(f"pillow-{codec}-{PIL.__version__}", path, float(q))
+            row = cache.get(key)
+            if row is not None:
+                rows.append(row)
+                bar.update(1)
+                continue
+            if ref is None:
+                ref = read_image(path)
+                img = Image.fromarray(ref[0].permute(1, 2, 0).numpy())
             buf = io.BytesIO()
             t0 = time.perf_counter()
             img.save(buf, format=_PIL_FORMAT[codec], quality=q)
@@ -176,7 +238,9 @@ def evaluate_classic(codec: str, images: Sequence[Path], progress: bool = True) 
             t2 = time.perf_counter()
             rec = torch.from_numpy(dec.copy()).permute(2, 0, 1)[None]
             bpp = len(buf.getvalue()) * 8 / (ref.shape[-2] * ref.shape[-1])
-            rows.append(Row(path.name, float(q), bpp, math.nan, psnr(ref, rec), ms_ssim(ref, rec), t1 - t0, t2 - t1))
+            row = Row(path.name, float(q), bpp, math.nan, psnr(ref, rec), ms_ssim(ref, rec), t1 - t0, t2 - t1)
+            cache.put(key, row)
+            rows.append(row)
             bar.update(1)
     bar.close()
     return rows

@@ -108,3 +108,25 @@ def test_qualities_include_every_level():
     net = tiny_model()
     assert ev.qualities_for(net, 0.25) == [1 + 0.25 * i for i in range(13)]
     assert ev.qualities_for(net, 0.4) == [1.0, 1.4, 1.8, 2.0, 2.2, 2.6, 3.0, 3.4, 3.8, 4.0]
+
+
+def test_row_cache_reuses_rows_and_recodes_what_changed(two_images, checkpoints, tmp_path, monkeypatch):
+    net = gainedvae.load_checkpoint(checkpoints[0])
+    images = sorted(two_images.iterdir())
+    cache_file = tmp_path / "cache.jsonl"
+    calls = []
+    real_code = ev.code
+    monkeypatch.setattr(ev, "code", lambda *a: calls.append(a[2]) or real_code(*a))
+    first = ev.evaluate_model(net, images, [1.0, 2.5], progress=False, cache=ev.RowCache(cache_file))
+    assert len(calls) == 4
+    again = ev.evaluate_model(net, images, [1.0, 2.5, 3.0], progress=False, cache=ev.RowCache(cache_file))
+    assert len(calls) == 6 and calls[4:] == [3.0, 3.0]  # only the new quality is coded
+    assert [r for r in again if r.quality != 3.0] == first
+    with open(cache_file, "a") as f:
+        f.write('{"key": "torn')  # an interrupted write is ignored
+    Image.open(images[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images[0])  # changed image: recoded
+    ev.evaluate_model(net, images, [1.0], progress=False, cache=ev.RowCache(cache_file))
+    assert len(calls) == 7
+    net.weights_hash = None  # a model without a hash is never cached
+    ev.evaluate_model(net, images[1:], [1.0], progress=False, cache=ev.RowCache(cache_file))
+    assert len(calls) == 8
