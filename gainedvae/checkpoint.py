@@ -85,12 +85,15 @@ def save_checkpoint(model: nn.Module, path: PathLike, half: bool = False, **extr
     Args:
         model: a registered model (gained or CompressAI single-rate).
         path: destination file.
-        half: store floating-point tensors as float16 (for shipped weights).
+        half: store floating-point parameters as float16 (for shipped weights); buffers stay float32.
         **extra: more entries (training state, notes); must be ``weights_only``-loadable.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        # parameters only: buffers hold constants float16 cannot represent (CompressAI's 1e-9
+        # likelihood bound and GDN's 2^-36 pedestal would become 0) and are small anyway
+        params = {k for k, _ in model.named_parameters()}
+        state = {k: v.half() if k in params and v.is_floating_point() else v for k, v in state.items()}
     reserved = {"format", "version", "model", "config", "state_dict"} & set(extra)
     if reserved:
         raise ValueError(f"extra keys {sorted(reserved)} are reserved")

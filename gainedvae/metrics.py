@@ -34,7 +34,8 @@ def ms_ssim(a: Tensor, b: Tensor) -> float:
         win -= 2
     if (win - 1) * 16 >= side:
         raise ValueError(f"MS-SSIM needs images larger than 32x32 pixels, got {tuple(a.shape[-2:])}")
-    return float(_ms_ssim(a.double(), b.double(), data_range=255.0, win_size=win))
+    # float32 (as CompressAI's evaluation): 5x faster than float64 on CPU, values agree to ~1e-6
+    return float(_ms_ssim(a.float(), b.float(), data_range=255.0, win_size=win))
 
 
 def ms_ssim_db(value: float) -> float:

@@ -90,8 +90,16 @@ def test_export_makes_a_small_weights_only_copy(tmp_path):
     out = export_checkpoint(src, tmp_path / "model.pt")
     payload = read_checkpoint(out)
     assert payload["step"] == 7 and payload["train_config"] == {"steps": 7} and "optimizer" not in payload
-    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    params = {k for k, _ in net.named_parameters()}
+    for k, v in payload["state_dict"].items():
+        if v.is_floating_point():  # parameters in float16, buffers (tiny constants) kept exact
+            assert v.dtype == (torch.float16 if k in params else torch.float32), k
+    assert float(payload["state_dict"]["gaussian_conditional.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
     loaded = load_checkpoint(out)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        lik = loaded(x, quality=2)["likelihoods"]
+    assert all(float(v.min()) > 0 for v in lik.values())
     for k, v in net.state_dict().items():  # float16 rounding only
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=1e-3, atol=1e-4)
     assert (out.stat().st_mode & 0o777) == 0o666 & ~_current_umask()
