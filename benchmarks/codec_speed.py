@@ -41,6 +41,7 @@ import torch
 import gainedvae
 from gainedvae import codec
 from gainedvae.checkpoint import atomic_write_bytes, hash_state_dict
+from gainedvae.entropy import update_entropy_tables
 from gainedvae.models import pad_to_multiple
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
@@ -81,7 +82,7 @@ def build_models(args):
     plain = gainedvae.get_model(plain_name, N=int(net.N), M=int(net.M))
     backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("gain.")}
     plain.load_state_dict(backbone)
-    plain.update(force=True)
+    update_entropy_tables(plain)
     plain.eval()
     return net, plain, name, plain_name, source
 

@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
+from gainedvae.entropy import update_entropy_tables  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402
 from gainedvae.models import get_model, is_variable_rate, model_name, pad_to_multiple  # noqa: E402
 
@@ -89,7 +90,7 @@ class Models:
                 if self.backbone is not None:
                     n, total = copy_matching(net, self.backbone[0])
                     self.weights[key] += f", {n}/{total} tensors from {self.backbone[1]}"
-                net.update(force=True)
+                update_entropy_tables(net)
             self.cache[key] = net.eval()
         return self.cache[key]
 

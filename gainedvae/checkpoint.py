@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .entropy import update_entropy_tables
 from .models import get_model, is_variable_rate, model_name
 
 FORMAT = "gainedvae-checkpoint"
@@ -217,6 +218,6 @@ def load_checkpoint(
         path = DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
     net = build_from_payload(payload, source=str(path), model=model)
-    net.update(force=True)
+    update_entropy_tables(net)  # gainedvae's scale table for every model, CompressAI baselines included
     net.checkpoint_path = str(path)
     return net.to(device).eval()

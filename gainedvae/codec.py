@@ -81,8 +81,10 @@ ImageLike = Union[np.ndarray, Tensor]
 
 #: First four bytes of every ``.gvae`` file.
 MAGIC = b"GVAE"
-#: Newest container version this module writes and reads.
-FORMAT_VERSION = 1
+#: Newest container version this module writes and reads. Version 1 coded the Gaussian
+#: latents with CompressAI's 64-level scale table; version 2 uses gainedvae's 256-level table
+#: (gainedvae.entropy.SCALE_TABLE_LEVELS), so version-1 streams would decode wrongly and are refused.
+FORMAT_VERSION = 2
 #: ``flags`` bit 0: the image was coded with a spatial quality map
 #: (``gained-scgain``). Informational: the decoder needs no map.
 FLAG_QUALITY_MAP = 0x01
@@ -188,6 +190,11 @@ class Container:
             )
         if version < 1:
             raise CodecError(f"{source}: invalid file format version {version}")
+        if version == 1:
+            raise CodecError(
+                f"{source}: file format version 1 (64-level scale table, gainedvae before 2026-11-23) "
+                "cannot be decoded by this gainedvae; re-encode the image"
+            )
 
         pos = _HEAD.size
         fixed = name_len + HASH_BYTES + _DIMS.size

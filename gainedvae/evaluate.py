@@ -48,7 +48,8 @@ class RowCache:
     """Measured rows kept in a JSON-lines file, so that re-running an evaluation (another
     baseline, a new plot) codes only what it has not coded before.
 
-    A row is keyed by the model's weights hash (or a classic codec and the Pillow version),
+    A row is keyed by the model's weights hash and gainedvae's coding version (the container
+    format version; or a classic codec and the Pillow version),
     the image file (resolved path, size, modification time) and the quality. A model
     without a weights hash (not loaded from a checkpoint) is never cached. Delete the file
     to measure everything again.
@@ -170,6 +171,10 @@ def evaluate_model(
     rows = []
     cache = cache or RowCache(None)
     model_key = getattr(net, "weights_hash", None)
+    if model_key:  # the bits also depend on how gainedvae codes (scale table, ...): the container version
+        from .codec import FORMAT_VERSION
+
+        model_key = f"{model_key}|coding-v{FORMAT_VERSION}"
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=desc or "evaluate", dynamic_ncols=True)
     for path in images:
         ref = x = None

@@ -109,3 +109,22 @@ def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("name", ["gained-mbt2018-mean", "mbt2018-mean", "mbt2018-mean-vbr", "gained-mbt2018"])
+def test_every_loaded_model_codes_with_the_fine_scale_table(tmp_path, name):
+    from gainedvae.checkpoint import load_checkpoint, save_checkpoint
+    from gainedvae.entropy import SCALE_TABLE_LEVELS, scale_table
+    from gainedvae.models import is_variable_rate
+
+    net = gainedvae.get_model(name, N=16, M=16)
+    if not is_variable_rate(net):
+        net.lambdas = (0.013,)
+    loaded = load_checkpoint(save_checkpoint(net, tmp_path / "m.pt"))
+    table = loaded.gaussian_conditional.scale_table
+    assert SCALE_TABLE_LEVELS == 256 and table.numel() == 256
+    torch.testing.assert_close(table, scale_table())
+    assert loaded.gaussian_conditional._quantized_cdf.size(0) == 256
+    if gainedvae.is_gained(net):  # the model's own update() defaults to the same table
+        net.update(force=True)
+        assert net.gaussian_conditional.scale_table.numel() == 256

@@ -70,7 +70,7 @@ def test_compress_info_decompress_roundtrip(files, tmp_path, capsys):
     rc, stdout, err = run(capsys, "info", out)
     net = gainedvae.load_checkpoint(files / "tiny.pt")
     assert rc == 0 and err == ""
-    for text in ["gained-mbt2018-mean", net.weights_hash[:32], "56x40", "quality:     2.5", "version 1",
+    for text in ["gained-mbt2018-mean", net.weights_hash[:32], "56x40", "quality:     2.5", f"version {codec.FORMAT_VERSION}",
                  f"{out.stat().st_size} bytes", "flags 0x00", "streams:     2 (y="]:
         assert text in stdout, (text, stdout)
 
@@ -129,7 +129,7 @@ def _hostile(sample: bytes):
         "random": (rng.bytes(300), "not a gainedvae file"),
         "empty": (b"", "empty"),
         "wrong-magic": (b"RIFF" + sample[4:], "not a gainedvae file"),
-        "newer-version": (recrc(sample[:4] + b"\x07" + sample[5:-4]), "file format version 7 is newer than this gainedvae supports (1)"),
+        "newer-version": (recrc(sample[:4] + b"\x07" + sample[5:-4]), f"file format version 7 is newer than this gainedvae supports ({codec.FORMAT_VERSION})"),
         "crc-mismatch": (sample[:-4] + bytes(4), "CRC32 mismatch"),
     }
 

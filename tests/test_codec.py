@@ -110,7 +110,7 @@ def test_container_layout_is_as_documented(net, image):
     data = codec.encode(net, image, 2.75)
     name = b"gained-mbt2018-mean"
     n = len(name)
-    assert data[:4] == b"GVAE" and data[4] == 1 and data[5] == 0 and data[6] == n
+    assert data[:4] == b"GVAE" and data[4] == 2 and data[5] == 0 and data[6] == n
     assert data[7 : 7 + n] == name
     identity = codec.model_identity(net)
     assert data[7 + n : 23 + n].hex() == identity[1] and len(identity[1]) == 32
@@ -349,7 +349,8 @@ def test_hostile_containers_give_clear_errors(net, sample):
         (b"PNG\x89" + sample[4:], "not a gainedvae file"),
         (b"GV", "not a gainedvae file"),
         (sample[:6], "truncated"),
-        (recrc(sample[:4] + b"\x02" + sample[5:-4]), "file format version 2 is newer than this gainedvae supports \\(1\\)"),
+        (recrc(sample[:4] + b"\x03" + sample[5:-4]), "file format version 3 is newer than this gainedvae supports \\(2\\)"),
+        (recrc(sample[:4] + b"\x01" + sample[5:-4]), "version 1 .*re-encode"),
         (recrc(sample[:4] + b"\x00" + sample[5:-4]), "version 0"),
         (sample[:-1], "truncated"),
         (sample + b"\0", "unexpected bytes"),

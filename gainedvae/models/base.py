@@ -93,6 +93,15 @@ class GainedModel:
             raise ValueError("compress/decompress take one quality for the whole batch")
         return q
 
+    def update(self, scale_table=None, force: bool = False, **kwargs) -> bool:
+        """CompressAI's ``update()`` with gainedvae's finer default scale table
+        (:data:`gainedvae.entropy.SCALE_TABLE_LEVELS` levels)."""
+        if scale_table is None:
+            from ..entropy import scale_table as default_table
+
+            scale_table = default_table()
+        return super().update(scale_table=scale_table, force=force, **kwargs)
+
     #: State-dict key prefixes of modules that are not part of the CompressAI
     #: backbone; subclasses append theirs (e.g. spatial feature transforms).
     extra_key_prefixes: Tuple[str, ...] = ("gain.",)

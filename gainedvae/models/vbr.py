@@ -22,6 +22,7 @@ import torch
 from compressai.models import MeanScaleHyperpriorVbr as _CompressAIVbr
 from torch import Tensor
 
+from ..entropy import scale_table as default_scale_table
 from ..gain import QualityLike, check_quality, interpolate_log_gains, level_to_quality
 from .base import DEFAULT_LAMBDAS, pad_to_multiple, validate_lambdas
 
@@ -127,6 +128,8 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
         return {"x_hat": x_hat[..., :h, :w]}
 
     def update(self, scale_table=None, force=False, scale=None):
+        if scale_table is None:  # gainedvae's table, as for every model it codes (gainedvae.entropy)
+            scale_table = default_scale_table()
         self._eb_scale = None if scale is None else float(scale)
         return super().update(scale_table=scale_table, force=force, scale=scale)
 
