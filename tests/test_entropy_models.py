@@ -277,3 +277,17 @@ def test_widening_leaves_other_state_dicts_alone():
     assert widen_gaussian_state(gmm, wrong) is wrong
     with pytest.raises((KeyError, RuntimeError)):
         gmm.load_backbone_state_dict(wrong)
+
+
+def test_one_pass_scale_indexes_equal_compressais():
+    from gainedvae.entropy import TableGaussianConditional, scale_table
+
+    table = scale_table()
+    ref, fast = GaussianConditional(None), TableGaussianConditional(None)
+    ref.update_scale_table(table)
+    fast.update_scale_table(table)
+    scales = torch.cat([torch.rand(20000) * 300, torch.rand(2000) * 0.2, table, table * (1 + 1e-6), table * (1 - 1e-6),
+                        torch.tensor([0.0, -1.0, 1e9, 5.0])]).reshape(1, -1, 1)
+    assert torch.equal(fast.build_indexes(scales), ref.build_indexes(scales))
+    for name in ("gained-mbt2018-mean", "gained-mbt2018", "mbt2018-mean-vbr"):
+        assert isinstance(gainedvae.get_model(name, N=16, M=16).gaussian_conditional, TableGaussianConditional)

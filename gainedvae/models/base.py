@@ -75,6 +75,9 @@ class GainedModel:
     def _init_gains(self, lambdas: Sequence[float], M: int, N: int) -> None:
         self.lambdas = validate_lambdas(lambdas)
         self.gain = LatentGains(len(self.lambdas), M, N)
+        from ..entropy import use_table_conditional
+
+        use_table_conditional(self)  # one-pass scale indexes (same bitstreams as CompressAI's)
 
     @property
     def levels(self) -> int:

@@ -23,6 +23,7 @@ from compressai.models import MeanScaleHyperpriorVbr as _CompressAIVbr
 from torch import Tensor
 
 from ..entropy import scale_table as default_scale_table
+from ..entropy import use_table_conditional
 from ..gain import QualityLike, check_quality, interpolate_log_gains, level_to_quality
 from .base import DEFAULT_LAMBDAS, pad_to_multiple, validate_lambdas
 
@@ -66,6 +67,7 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
         with torch.no_grad():
             self.Gain.data = torch.tensor([math.sqrt(v / top) for v in self.lambdas])
         self._eb_scale: Optional[float] = None
+        use_table_conditional(self)  # one-pass scale indexes, as in every gainedvae model
 
     # -- quality -> quantiser gain ------------------------------------------
 
