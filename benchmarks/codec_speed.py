@@ -5,6 +5,8 @@ Measures, on the same images in one run:
 
 1. encode / decode time per image of the gained model against CompressAI's plain
    ``MeanScaleHyperprior`` (``ScaleHyperprior`` for ``gained-bmshj2018-hyperprior``)
+   as CompressAI runs it (its own ``update()``, 64-level scale table; gainedvae codes
+   with 256 levels and one-pass scale indexes, see ``gainedvae.entropy``)
    of the same N, M with the gained model's backbone weights (its state dict minus
    the ``gain.*`` keys). The two are interleaved (alternating order) and the median
    over ``--repeats`` is taken. Two gained rows: the model methods
@@ -41,7 +43,6 @@ import torch
 import gainedvae
 from gainedvae import codec
 from gainedvae.checkpoint import atomic_write_bytes, hash_state_dict
-from gainedvae.entropy import update_entropy_tables
 from gainedvae.models import pad_to_multiple
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp"}
@@ -82,7 +83,7 @@ def build_models(args):
     plain = gainedvae.get_model(plain_name, N=int(net.N), M=int(net.M))
     backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("gain.")}
     plain.load_state_dict(backbone)
-    update_entropy_tables(plain)
+    plain.update(force=True)  # CompressAI as its users run it: its own update() and 64-level scale table
     plain.eval()
     return net, plain, name, plain_name, source
 
@@ -151,10 +152,14 @@ def rate_control(net, images, repeats):
         hi = len(codec.encode(net, x, net.levels))
         target = 8 * math.sqrt(lo * hi) / (x.shape[-2] * x.shape[-1])
         times, encodes = [], []
-        for _ in range(repeats):
-            result = codec.encode_to_bpp(net, x, target)
-            times.append(result.seconds)
-            encodes.append(timed(lambda: codec.encode(net, x, result.quality)))
+        result = codec.encode_to_bpp(net, x, target)
+        for r in range(repeats):  # interleaved, alternating order
+            for which in ("rc", "enc") if r % 2 == 0 else ("enc", "rc"):
+                if which == "rc":
+                    result = codec.encode_to_bpp(net, x, target)
+                    times.append(result.seconds)
+                else:
+                    encodes.append(timed(lambda: codec.encode(net, x, result.quality)))
         out.append({
             "target_bpp": target,
             "bpp": result.bpp,

@@ -613,7 +613,9 @@ def check_encodable(symbols, indexes, cdfs, cdfs_sizes, offsets) -> None:
     value = sym - off
     escape = (value < 0) | (value >= max_value)
     coded = np.where(escape, max_value, value)
-    table = np.asarray(cdfs, dtype=np.int64)
+    table = np.zeros((len(cdfs), max(map(len, cdfs))), dtype=np.int64)  # rows may be cut to their lengths
+    for i, row in enumerate(cdfs):
+        table[i, : len(row)] = row
     freq = table[idx, coded + 1] - table[idx, coded]
     if (freq <= 0).any():
         raise CodecError("invalid entropy model tables (a symbol has zero frequency)")

@@ -291,3 +291,21 @@ def test_one_pass_scale_indexes_equal_compressais():
     assert torch.equal(fast.build_indexes(scales), ref.build_indexes(scales))
     for name in ("gained-mbt2018-mean", "gained-mbt2018", "mbt2018-mean-vbr"):
         assert isinstance(gainedvae.get_model(name, N=16, M=16).gaussian_conditional, TableGaussianConditional)
+
+
+def test_cached_coder_tables_give_compressais_bytes():
+    from gainedvae.entropy import TableGaussianConditional, scale_table
+
+    ref, fast = GaussianConditional(None), TableGaussianConditional(None)
+    ref.update_scale_table(scale_table())
+    fast.update_scale_table(scale_table())
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 8, 6, 5, generator=g) * 9
+    scales = torch.rand(2, 8, 6, 5, generator=g) * 20
+    means = torch.randn(2, 8, 6, 5, generator=g)
+    idx = fast.build_indexes(scales)
+    strings = fast.compress(y, idx, means)
+    assert strings == ref.compress(y, idx, means)
+    assert torch.equal(fast.decompress(strings, idx, means=means), ref.decompress(strings, idx, means=means))
+    fast.update_scale_table(scale_table()[::2], force=True)  # a new table invalidates the cached lists
+    assert len(fast.coder_tables()[0]) == 128
