@@ -91,7 +91,7 @@ def run(args) -> int:
         bp = Path(b)
         if bp.suffix == ".json":
             data = ev.load_results_json(bp)
-            data["name"] = f"{data['name']} [{bp.parent.name}/{bp.name}]"
+            data["name"] = f"{data['name']} [anchor, not ours: {bp.parent.name}/{bp.name}]"
             baselines.append(data)
             curves.append(Curve(data["name"], data["results"], "anchor"))
             continue

@@ -77,6 +77,7 @@ def test_eval_writes_json_csv_png_and_bd_table(two_images, checkpoints, tmp_path
     assert json.loads((out / "pillow-jpeg.json").read_text())["results"]["bpp"]
     bd = json.loads((out / "bd.json").read_text())["rows"]
     scaled = next(r for r in bd if r["baseline"].startswith("scaled"))
+    assert "anchor, not ours" in scaled["baseline"]  # published curves are labelled as such
     assert scaled["bd_rate_psnr"] == pytest.approx(100 * (1 / 1.1 - 1), abs=0.1)
     assert "| baseline |" in (out / "bd.md").read_text()
     for name in ("rd-psnr.png", "rd-ms-ssim.png"):
