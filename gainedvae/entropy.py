@@ -166,6 +166,10 @@ class TableGaussianConditional(GaussianConditional):
             self.__dict__["_coder_lists"] = lists
         return lists
 
+    def _coder_args(self, indexes: Tensor) -> Tuple[List[int], List[List[int]], List[int], List[int]]:
+        """``(indexes, cdfs, cdf_lengths, offsets)`` of one image for the rANS coder."""
+        return (indexes.reshape(-1).int().tolist(), *self.coder_tables())
+
     def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
         """As :meth:`EntropyModel.compress` (same bytes), with the cached coder tables."""
         if inputs.dim() < 2:
@@ -173,20 +177,14 @@ class TableGaussianConditional(GaussianConditional):
         if inputs.size() != indexes.size():
             raise ValueError("`inputs` and `indexes` should have the same size.")
         symbols = self.quantize(inputs, "symbols", means)
-        cdfs, lengths, offsets = self.coder_tables()
         return [
-            self.entropy_coder.encode_with_indexes(
-                symbols[i].reshape(-1).int().tolist(), indexes[i].reshape(-1).int().tolist(), cdfs, lengths, offsets
-            )
+            self.entropy_coder.encode_with_indexes(symbols[i].reshape(-1).int().tolist(), *self._coder_args(indexes[i]))
             for i in range(symbols.size(0))
         ]
 
     def decompress(self, strings, indexes: Tensor, dtype: torch.dtype = torch.float, means: Optional[Tensor] = None):
         """As :meth:`EntropyModel.decompress` (same values), with the cached coder tables."""
-        if not isinstance(strings, (tuple, list)):
-            raise ValueError("Invalid `strings` parameter type.")
-        if len(strings) != indexes.size(0):
-            raise ValueError("Invalid strings or indexes parameters")
+        _check_strings(strings, indexes.size(0))
         if indexes.dim() < 2:
             raise ValueError("Invalid `indexes` size. Expected a tensor with at least 2 dimensions.")
         if means is not None:
@@ -194,12 +192,11 @@ class TableGaussianConditional(GaussianConditional):
                 raise ValueError("Invalid means or indexes parameters")
             if means.size() != indexes.size() and any(means.size(i) != 1 for i in range(2, indexes.dim())):
                 raise ValueError("Invalid means parameters")
-        cdfs, lengths, offsets = self.coder_tables()
-        outputs = self._quantized_cdf.new_empty(indexes.size())
+        outputs = torch.empty(indexes.size(), dtype=torch.int32)
         for i, s in enumerate(strings):
-            values = self.entropy_coder.decode_with_indexes(s, indexes[i].reshape(-1).int().tolist(), cdfs, lengths, offsets)
-            outputs[i] = torch.tensor(values, device=outputs.device, dtype=outputs.dtype).reshape(outputs[i].size())
-        return self.dequantize(outputs, means, dtype)
+            values = self.entropy_coder.decode_with_indexes(s, *self._coder_args(indexes[i]))
+            outputs[i] = torch.tensor(values, dtype=torch.int32).reshape(outputs[i].size())
+        return self.dequantize(outputs.to(indexes.device), means, dtype)
 
 
 def use_table_conditional(model: nn.Module) -> None:
@@ -299,44 +296,13 @@ class AsymmetricGaussianConditional(TableGaussianConditional):
         self._pair_cache[index] = entry
         return entry
 
-    def _tables_for(self, indexes: Tensor):
-        """Compact CDF list for the pairs in ``indexes`` and the remapped indexes."""
+    def _coder_args(self, indexes: Tensor):
+        """Compact CDF list for the pairs in ``indexes`` (the coding path of
+        :class:`TableGaussianConditional` with these instead of its table)."""
         unique, inverse = torch.unique(indexes.reshape(-1), return_inverse=True)
         entries = [self._pair_cdf(int(u)) for u in unique.tolist()]
         cdfs = [e[0] for e in entries]
         return inverse.int().tolist(), cdfs, [len(c) for c in cdfs], [e[1] for e in entries]
-
-    # -- coding -------------------------------------------------------------
-
-    def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
-        """rANS strings, one per image; ``indexes`` from :meth:`build_indexes`."""
-        if inputs.dim() < 2:
-            raise ValueError("Invalid `inputs` size. Expected a tensor with at least 2 dimensions.")
-        if inputs.size() != indexes.size():
-            raise ValueError("`inputs` and `indexes` should have the same size.")
-        symbols = self.quantize(inputs, "symbols", means)
-        strings = []
-        for i in range(symbols.size(0)):
-            idx, cdfs, lengths, offsets = self._tables_for(indexes[i])
-            strings.append(
-                self.entropy_coder.encode_with_indexes(symbols[i].reshape(-1).tolist(), idx, cdfs, lengths, offsets)
-            )
-        return strings
-
-    def decompress(
-        self,
-        strings: List[bytes],
-        indexes: Tensor,
-        dtype: torch.dtype = torch.float,
-        means: Optional[Tensor] = None,
-    ) -> Tensor:
-        _check_strings(strings, indexes.size(0))
-        outputs = torch.empty(indexes.size(), dtype=torch.int32)
-        for i, s in enumerate(strings):
-            idx, cdfs, lengths, offsets = self._tables_for(indexes[i])
-            values = self.entropy_coder.decode_with_indexes(s, idx, cdfs, lengths, offsets)
-            outputs[i] = torch.tensor(values, dtype=torch.int32).reshape(outputs[i].size())
-        return self.dequantize(outputs.to(indexes.device), means, dtype)
 
 
 class GMMConditional(GaussianMixtureConditional):
