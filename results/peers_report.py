@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""results/kodak/peers.md: the gained model against CompressAI's variable-rate model (issue 11).
+
+Collects in one table what a user weighs when choosing a variable-rate model:
+
+* BD-rate (PSNR and MS-SSIM) of the gained curve against the same-budget VBR model and the
+  same-budget single-rate set, read from ``results/kodak/peers/bd.json``
+  (``results/evaluate.sh peers``);
+* parameters and weights-only checkpoint size (float16, as ``gainedvae export`` writes it) of one
+  gained model, the VBR model and the eight single-rate models the gained model replaces;
+* encode / decode time per Kodak image at the lambda=0.013 setting (quality 4 of the variable-rate
+  models, the single-rate model trained at 0.013), timed interleaved in this run;
+* how many log-spaced bpp targets each can hit within +/-1 %, read from
+  ``results/kodak/rate-targets.json`` (``benchmarks/rate_targets.py``).
+
+  python results/peers_report.py --vbr runs/protocol/vbr/ckpt-0008000.pt \\
+      --single runs/protocol/single-0.0130/ckpt-0008000.pt -d ../shared/data/kodak --max-images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gainedvae.checkpoint import DEFAULT_CHECKPOINT, atomic_write_bytes, export_checkpoint, load_checkpoint  # noqa: E402
+from gainedvae.evaluate import list_images, read_image  # noqa: E402
+from gainedvae.models import model_name  # noqa: E402
+from model_speed import time_one  # noqa: E402  (benchmarks/model_speed.py: the same timing code)
+
+SINGLE_RATE_MODELS = 8  # the gained model's eight levels = eight single-rate models
+
+
+def weights_size(path: Path) -> int:
+    """Bytes of a float16 weights-only export of ``path`` (how the shipped model is stored)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_checkpoint(path, Path(tmp) / "w.pt", half=True).stat().st_size
+
+
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def run(args) -> Dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = {"gained": Path(args.gained), "vbr": Path(args.vbr), "single": Path(args.single)}
+    nets = {k: load_checkpoint(p) for k, p in paths.items()}
+    images = [read_image(p).float() / 255 for p in list_images(Path(args.d), args.max_images)]
+    times = {k: {"encode": [], "decode": [], "bpp": []} for k in nets}
+    for net in nets.values():  # warm up
+        time_one(net, images[0][..., :64, :64], args.quality)
+    for x in images:
+        per = {k: {"encode": [], "decode": []} for k in nets}
+        for _ in range(args.repeats):
+            for k, net in nets.items():  # interleaved: gained, vbr, single, gained, ...
+                enc, dec, nbytes = time_one(net, x, args.quality)
+                per[k]["encode"].append(enc)
+                per[k]["decode"].append(dec)
+                bpp = 8 * nbytes / (x.shape[-2] * x.shape[-1])  # the same bytes every repeat
+                if len(per[k]["encode"]) == 1:
+                    times[k]["bpp"].append(bpp)
+        for k in nets:
+            times[k]["encode"].append(statistics.median(per[k]["encode"]))
+            times[k]["decode"].append(statistics.median(per[k]["decode"]))
+    rows = {}
+    for k, net in nets.items():
+        rows[k] = {
+            "checkpoint": str(paths[k]),
+            "model": model_name(net),
+            "parameters": n_params(net),
+            "weights_fp16_bytes": weights_size(paths[k]),
+            "encode_s": statistics.mean(times[k]["encode"]),
+            "decode_s": statistics.mean(times[k]["decode"]),
+            "bpp": statistics.mean(times[k]["bpp"]),
+        }
+    return {
+        "quality": args.quality,
+        "images": len(images),
+        "folder": str(args.d),
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+
+
+def read_json(path: Path, what: str) -> Optional[Dict]:
+    if not path.is_file():
+        print(f"peers_report.py: {path} is missing ({what}); its columns stay empty", file=sys.stderr)
+        return None
+    return json.loads(path.read_text())
+
+
+def pct(v) -> str:
+    return "n/a" if v is None else f"{v:+.2f} %"
+
+
+def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict]) -> str:
+    r = result["rows"]
+    out = [
+        "# Gained model vs CompressAI's variable-rate model, same budget (issue 11)",
+        "",
+        "Same backbone (`mbt2018-mean`, N=64, M=96), data, batch, patch, learning-rate schedule and",
+        "shared start; each model trained 8,000 steps after the 10,000-step shared start (see",
+        "`results/README.md`). Evaluation: all 24 Kodak images, real rANS bitstreams, quality step 0.5.",
+        "",
+        "## BD-rate of the gained continuous curve (PCHIP, negative = gained needs fewer bits)",
+        "",
+    ]
+    if bd:
+        out += ["| against | BD-rate (PSNR) | BD-PSNR | BD-rate (MS-SSIM dB) |", "|---|---:|---:|---:|"]
+        for row in bd["rows"]:
+            out.append(f"| {row['baseline']} | {pct(row['bd_rate_psnr'])} | {row['bd_psnr']:+.2f} dB | "
+                       f"{pct(row.get('bd_rate_ms_ssim'))} |")
+        out += ["", "![RD PSNR](peers/rd-psnr.png) ![RD MS-SSIM](peers/rd-ms-ssim.png)", ""]
+    else:
+        out += ["(results/kodak/peers/bd.json missing: run `results/evaluate.sh peers`)", ""]
+    hits = {}
+    if targets:
+        for name, row in targets["rows"].items():
+            key = "single" if name.startswith("single") else ("vbr" if "vbr" in name else "gained")
+            hits[key] = f"{row['hits']} / {row['targets']}"
+    out += [
+        "## What a user weighs",
+        "",
+        f"Times: mean over {result['images']} Kodak image(s) of the median of {result['repeats']} interleaved runs, "
+        f"CPU ({result['cpu']}, {result['threads']} threads, torch {result['torch']}), lambda=0.013 setting "
+        f"(quality {result['quality']:g} of the variable-rate models). Checkpoint size: weights-only float16 export "
+        "(`gainedvae export`, how the shipped model is stored). Rates hit: log-spaced bpp targets"
+        + (f" ({targets['targets_per_image']} per image on {targets['images']} image(s), over the range both "
+           "variable-rate models reach)" if targets else "") + " coded within +/-1 %.",
+        "",
+        "| model(s) | parameters | checkpoint(s), fp16 | encode s | decode s | bpp there | rates hit within +/-1 % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    mib = 1 << 20
+    for key, label, k in (("gained", "gained-mbt2018-mean (one model)", 1),
+                          ("vbr", "mbt2018-mean-vbr, CompressAI (one model)", 1),
+                          ("single", f"mbt2018-mean single-rate x {SINGLE_RATE_MODELS}", SINGLE_RATE_MODELS)):
+        row = r[key]
+        params = f"{row['parameters'] / 1e6:.2f} M" if k == 1 else f"{k} x {row['parameters'] / 1e6:.2f} M = {k * row['parameters'] / 1e6:.2f} M"
+        size = f"{row['weights_fp16_bytes'] / mib:.2f} MiB" if k == 1 else f"{k * row['weights_fp16_bytes'] / mib:.2f} MiB"
+        out.append(f"| {label} | {params} | {size} | {row['encode_s']:.3f} | {row['decode_s']:.3f} | "
+                   f"{row['bpp']:.3f} | {hits.get(key, 'n/a')} |")
+    out += [
+        "",
+        "Checkpoints: " + ", ".join(f"{k} `{v['checkpoint']}`" for k, v in r.items()) + ".",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gained", default=str(DEFAULT_CHECKPOINT), help="gained checkpoint (default: the shipped model)")
+    p.add_argument("--vbr", required=True, help="mbt2018-mean-vbr checkpoint")
+    p.add_argument("--single", required=True, help="single-rate checkpoint at lambda 0.013 (timing, sizes)")
+    p.add_argument("-d", default=str(ROOT.parent / "shared" / "data" / "kodak"))
+    p.add_argument("--max-images", type=int, default=4)
+    p.add_argument("-q", "--quality", type=float, default=4.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bd", type=Path, default=HERE / "kodak" / "peers" / "bd.json")
+    p.add_argument("--targets", type=Path, default=HERE / "kodak" / "rate-targets.json")
+    p.add_argument("--out", type=Path, default=HERE / "kodak" / "peers.md")
+    args = p.parse_args(argv)
+    result = run(args)
+    text = markdown(result, read_json(args.bd, "BD-rates"), read_json(args.targets, "rate targets"))
+    atomic_write_bytes(args.out, text.encode())
+    atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(result, indent=2).encode())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
