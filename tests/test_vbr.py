@@ -65,3 +65,13 @@ def test_two_step_vbr_run_is_evaluated_at_fractional_quality(image_dir, tmp_path
     with pytest.raises(TrainingError, match="one level per batch"):
         train(TrainConfig(data=(str(image_dir),), model="mbt2018-mean-vbr", level_sampling="sample",
                           save_dir=str(tmp_path / "w")), progress=False)
+
+
+def test_checkpoint_saved_after_update_loads_and_codes_the_same(tmp_path):
+    net = gainedvae.get_model("mbt2018-mean-vbr", N=16, M=16).eval()
+    net.update(force=True)  # fills the variable-rate bottleneck's tables (CompressAI left them unloadable)
+    path = gainedvae.save_checkpoint(net, tmp_path / "vbr.pt")
+    back = gainedvae.load_checkpoint(path)
+    x = torch.rand(1, 3, 64, 48)
+    a, b = net.compress(x, 2.5), back.compress(x, 2.5)
+    assert a["strings"] == b["strings"]

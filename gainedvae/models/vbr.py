@@ -19,7 +19,9 @@ import math
 from typing import Dict, Optional, Sequence, Union
 
 import torch
+from compressai.entropy_models import EntropyBottleneckVbr
 from compressai.models import MeanScaleHyperpriorVbr as _CompressAIVbr
+from compressai.models.utils import update_registered_buffers
 from torch import Tensor
 
 from ..entropy import scale_table as default_scale_table
@@ -134,6 +136,15 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
             scale_table = default_scale_table()
         self._eb_scale = None if scale is None else float(scale)
         return super().update(scale_table=scale_table, force=force, scale=scale)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """CompressAI's ``load_state_dict`` resizes the coder tables of ``EntropyBottleneck`` and
+        ``GaussianConditional`` before loading, but not those of ``EntropyBottleneckVbr``: without
+        this, a model saved after :meth:`update` would not load again."""
+        for name, module in self.named_modules():
+            if isinstance(module, EntropyBottleneckVbr) and f"{name}._quantized_cdf" in state_dict:
+                update_registered_buffers(module, name, ["_quantized_cdf", "_offset", "_cdf_length"], state_dict)
+        return super().load_state_dict(state_dict, strict=strict)
 
     # -- shared start -----------------------------------------------------------
 
