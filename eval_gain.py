@@ -91,9 +91,14 @@ def run(args) -> int:
         bp = Path(b)
         if bp.suffix == ".json":
             data = ev.load_results_json(bp)
-            data["name"] = f"{data['name']} [anchor, not ours: {bp.parent.name}/{bp.name}]"
+            if ev.is_ours(data):  # written by this evaluation earlier (e.g. results/kodak/...)
+                data["name"] = f"{data['name']} (ours: {bp.parent.name}/{bp.name})"
+                kind = "gained" if len(data["results"]["bpp"]) > 1 and "lambda" not in data["results"] else "single"
+            else:
+                data["name"] = f"{data['name']} [anchor, not ours: {bp.parent.name}/{bp.name}]"
+                kind = "anchor"
             baselines.append(data)
-            curves.append(Curve(data["name"], data["results"], "anchor"))
+            curves.append(Curve(data["name"], data["results"], kind))
             continue
         snet = load_checkpoint(bp, device=device)
         if is_variable_rate(snet):  # another variable-rate model (e.g. the VBR peer): a full sweep

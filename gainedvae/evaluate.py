@@ -255,6 +255,16 @@ def evaluate_classic(codec: str, images: Sequence[Path], progress: bool = True,
 # results
 
 
+# Marks the results JSON files this library writes, so that a file passed back as a baseline
+# is labelled as ours and not as a published anchor.
+PRODUCER = "gainedvae"
+
+
+def is_ours(data: Dict) -> bool:
+    """Whether a results JSON was written by this library's evaluation."""
+    return data.get("producer") == PRODUCER
+
+
 def aggregate(rows: Iterable[Row], name: str, description: str, extra: Optional[Dict] = None) -> Dict:
     """Mean over images per quality, in CompressAI's results JSON layout."""
     by_q: Dict[float, List[Row]] = {}
@@ -274,7 +284,7 @@ def aggregate(rows: Iterable[Row], name: str, description: str, extra: Optional[
         "num_images": [len(by_q[q]) for q in keys],
     }
     results["est_bpp"] = [None if math.isnan(v) else v for v in results["est_bpp"]]
-    out = {"name": name, "description": description, "results": results}
+    out = {"name": name, "description": description, "producer": PRODUCER, "results": results}
     if extra:
         out.update(extra)
     return out
@@ -287,7 +297,7 @@ def merge_points(results: Sequence[Dict], name: str, description: str) -> Dict:
     merged = {k: [results[i]["results"][k][0] for i in order] for k in keys}
     merged["quality"] = [i + 1 for i in range(len(order))]
     merged["lambda"] = [results[i].get("lambda") for i in order]
-    return {"name": name, "description": description, "results": merged}
+    return {"name": name, "description": description, "producer": PRODUCER, "results": merged}
 
 
 def load_results_json(path: Path) -> Dict:

@@ -55,12 +55,14 @@ def test_eval_writes_json_csv_png_and_bd_table(two_images, checkpoints, tmp_path
     first = tmp_path / "first"
     assert run_eval("--checkpoint", gained, "-d", two_images, "--step", "0.5", "--output-dir", first) == 0
     base = json.loads((first / "gained-mbt2018-mean.json").read_text())
+    assert base.pop("producer") == "gainedvae"  # files we write say so; published ones do not
     base["name"] = "scaled"
     base["results"]["bpp"] = [b * 1.1 for b in base["results"]["bpp"]]
     (tmp_path / "scaled.json").write_text(json.dumps(base))
 
     code = run_eval("--checkpoint", gained, "-d", two_images, "--step", "0.5", "--output-dir", out,
-                    "--baseline", *singles, tmp_path / "scaled.json", "--classic", "jpeg")
+                    "--baseline", *singles, tmp_path / "scaled.json", first / "gained-mbt2018-mean.json",
+                    "--classic", "jpeg")
     assert code == 0
     data = json.loads((out / "gained-mbt2018-mean.json").read_text())
     res = data["results"]
@@ -78,6 +80,9 @@ def test_eval_writes_json_csv_png_and_bd_table(two_images, checkpoints, tmp_path
     bd = json.loads((out / "bd.json").read_text())["rows"]
     scaled = next(r for r in bd if r["baseline"].startswith("scaled"))
     assert "anchor, not ours" in scaled["baseline"]  # published curves are labelled as such
+    again = next(r for r in bd if r["baseline"].startswith("gained-mbt2018-mean"))
+    assert again["baseline"] == "gained-mbt2018-mean (ours: first/gained-mbt2018-mean.json)"
+    assert again["bd_rate_psnr"] == pytest.approx(0, abs=1e-6)  # the same model, same images
     assert scaled["bd_rate_psnr"] == pytest.approx(100 * (1 / 1.1 - 1), abs=0.1)
     assert "| baseline |" in (out / "bd.md").read_text()
     for name in ("rd-psnr.png", "rd-ms-ssim.png"):
