@@ -9,6 +9,8 @@ from the eval-mode likelihoods. Results use CompressAI's JSON layout.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import io
 import json
 import math
@@ -50,9 +52,12 @@ class RowCache:
 
     A row is keyed by the model's weights hash and gainedvae's coding version (the container
     format version; or a classic codec and the Pillow version),
-    the image file (resolved path, size, modification time) and the quality. A model
-    without a weights hash (not loaded from a checkpoint) is never cached. Delete the file
-    to measure everything again.
+    the image's content (SHA-256 of the file: a copied or re-provisioned data folder keeps its
+    rows, an edited image is coded again) and the quality. A model without a weights hash
+    (not loaded from a checkpoint) is never cached. Delete the file to measure everything again.
+
+    Files written before the content key (``model|path|size|mtime|quality``) are read too:
+    such a row is kept when that file still has that size and modification time.
     """
 
     def __init__(self, path: Optional[Path]):
@@ -62,16 +67,42 @@ class RowCache:
             for line in self.path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    self.rows[rec["key"]] = Row(**rec["row"])
+                    key = self._legacy(rec["key"]) or rec["key"]
+                    self.rows[key] = Row(**rec["row"])
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn last line from an interrupted run
 
     @staticmethod
-    def key(model_key: Optional[str], image: Path, quality: float) -> Optional[str]:
+    @functools.lru_cache(maxsize=4096)
+    def _digest(path: str, size: int, mtime_ns: int) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+
+    @classmethod
+    def image_digest(cls, image: Path) -> str:
+        """Content hash of an image file (memoised per path, size and modification time)."""
+        st = Path(image).stat()
+        return cls._digest(str(Path(image).resolve()), st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def _legacy(cls, key: str) -> Optional[str]:
+        """The content key of a ``model|path|size|mtime|quality`` key whose file is unchanged."""
+        parts = key.rsplit("|", 4)
+        if len(parts) != 5 or not parts[1].startswith("/"):
+            return None
+        model_key, path, size, mtime, quality = parts
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return None
+        if str(st.st_size) != size or str(st.st_mtime_ns) != mtime:
+            return None
+        return f"{model_key}|{cls._digest(path, st.st_size, st.st_mtime_ns)}|{quality}"
+
+    @classmethod
+    def key(cls, model_key: Optional[str], image: Path, quality: float) -> Optional[str]:
         if not model_key:
             return None
-        st = Path(image).stat()
-        return f"{model_key}|{Path(image).resolve()}|{st.st_size}|{st.st_mtime_ns}|{quality!r}"
+        return f"{model_key}|{cls.image_digest(image)}|{quality!r}"
 
     def get(self, key: Optional[str]) -> Optional[Row]:
         return self.rows.get(key) if key and self.path else None
@@ -81,8 +112,10 @@ class RowCache:
             return
         self.rows[key] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"key": key, "row": asdict(row)}) + "\n")
+        with open(self.path, "ab+") as f:
+            if f.seek(0, 2) and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+                f.write(b"\n")  # end a torn line of an interrupted run instead of joining it
+            f.write((json.dumps({"key": key, "row": asdict(row)}) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,26 @@ def test_row_cache_reuses_rows_and_recodes_what_changed(two_images, checkpoints,
     Image.open(images[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images[0])  # changed image: recoded
     ev.evaluate_model(net, images, [1.0], progress=False, cache=ev.RowCache(cache_file))
     assert len(calls) == 7
+    copy = tmp_path / "copy"  # the same images elsewhere, newer files: rows are reused
+    copy.mkdir()
+    for p in images:
+        (copy / p.name).write_bytes(p.read_bytes())
+    ev.evaluate_model(net, sorted(copy.iterdir()), [1.0], progress=False, cache=ev.RowCache(cache_file))
+    assert len(calls) == 7
     net.weights_hash = None  # a model without a hash is never cached
     ev.evaluate_model(net, images[1:], [1.0], progress=False, cache=ev.RowCache(cache_file))
     assert len(calls) == 8
+
+
+def test_row_cache_reads_keys_of_the_earlier_stat_format(two_images, tmp_path):
+    image = sorted(two_images.iterdir())[0]
+    st = image.stat()
+    row = ev.Row("a.png", 1.0, 0.5, 0.5, 30.0, 0.9, 0.1, 0.1)
+    old = [f"m|coding-v2|{image.resolve()}|{st.st_size}|{st.st_mtime_ns}|1.0",  # unchanged file: kept
+           f"m|coding-v2|{image.resolve()}|{st.st_size}|{st.st_mtime_ns + 1}|2.0",  # touched since: dropped
+           f"m|coding-v2|{tmp_path / 'gone.png'}|10|10|1.0"]  # file gone: dropped
+    cache_file = tmp_path / "cache.jsonl"
+    cache_file.write_text("".join(json.dumps({"key": k, "row": asdict(row)}) + "\n" for k in old))
+    cache = ev.RowCache(cache_file)
+    assert cache.get(cache.key("m|coding-v2", image, 1.0)) == row
+    assert cache.get(cache.key("m|coding-v2", image, 2.0)) is None
