@@ -134,6 +134,8 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict]) -> str:
         for name, row in targets["rows"].items():
             key = "single" if name.startswith("single") else ("vbr" if "vbr" in name else "gained")
             hits[key] = f"{row['hits']} / {row['targets']}"
+            if key == "single" and targets.get("singles"):
+                hits[key] += f" (the {len(targets['singles'])} trained)"
     out += [
         "## What a user weighs",
         "",
@@ -157,6 +159,10 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict]) -> str:
         out.append(f"| {label} | {params} | {size} | {row['encode_s']:.3f} | {row['decode_s']:.3f} | "
                    f"{row['bpp']:.3f} | {hits.get(key, 'n/a')} |")
     out += [
+        "",
+        "The single-rate models code through CompressAI's `GaussianConditional`, the variable-rate models "
+        "through gainedvae's `TableGaussianConditional` (same bytes, faster index search; "
+        "`results/benchmarks/codec_speed.md`): that, not the network, is the time gap between them.",
         "",
         "Checkpoints: " + ", ".join(f"{k} `{v['checkpoint']}`" for k, v in r.items()) + ".",
         "",

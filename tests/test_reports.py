@@ -55,7 +55,7 @@ def test_peers_report_table(checkpoints, image_dir, tmp_path, capsys):
     targets = {"tol": 0.01, "targets_per_image": 4, "images": 2, "rows": {
         "gained-mbt2018-mean (gained.pt)": {"targets": 8, "hits": 8, "encodes": 20},
         "mbt2018-mean-vbr (vbr.pt)": {"targets": 8, "hits": 7, "encodes": 30},
-        "single-rate set": {"targets": 8, "hits": 1, "encodes": 0}}}
+        "single-rate set": {"targets": 8, "hits": 1, "encodes": 0}}, "singles": ["a.pt", "b.pt"]}
     (tmp_path / "t.json").write_text(json.dumps(targets))
     out = tmp_path / "peers.md"
     assert peers_report.main(["--gained", str(checkpoints["gained"]), "--vbr", str(checkpoints["vbr"]),
@@ -69,7 +69,7 @@ def test_peers_report_table(checkpoints, image_dir, tmp_path, capsys):
     n = sum(p.numel() for p in gainedvae.load_checkpoint(checkpoints["single"]).parameters())
     assert single["parameters"] == n
     assert f"8 x {n / 1e6:.2f} M" in text  # the eight single-rate models the gained model replaces
-    assert "| 8 / 8 |" in text and "| 7 / 8 |" in text and "| 1 / 8 |" in text
+    assert "| 8 / 8 |" in text and "| 7 / 8 |" in text and "| 1 / 8 (the 2 trained) |" in text
     assert "results/evaluate.sh peers" in text  # the BD table says how to produce it
     for row in res["rows"].values():
         assert row["encode_s"] > 0 and row["decode_s"] > 0 and row["bpp"] > 0 and row["weights_fp16_bytes"] > 0
