@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from gainedvae.bd import bd_rate  # noqa: E402
 from gainedvae.checkpoint import DEFAULT_CHECKPOINT, atomic_write_bytes, export_checkpoint, load_checkpoint  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402
 from gainedvae.models import model_name  # noqa: E402
@@ -109,7 +110,16 @@ def pct(v) -> str:
     return "n/a" if v is None else f"{v:+.2f} %"
 
 
-def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict]) -> str:
+def vbr_vs_single(folder: Path) -> Optional[tuple]:
+    """BD-rate (PSNR, MS-SSIM dB) of the VBR curve against the single-rate set, from the peers JSON files."""
+    vbr, single = folder / "mbt2018-mean-vbr.json", folder / "mbt2018-mean-single-rate.json"
+    if not (vbr.is_file() and single.is_file()):
+        return None
+    v, s = json.loads(vbr.read_text())["results"], json.loads(single.read_text())["results"]
+    return tuple(bd_rate(s["bpp"], s[k], v["bpp"], v[k]) for k in ("psnr-rgb", "ms-ssim-rgb-db"))
+
+
+def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: Path = HERE / "kodak" / "peers") -> str:
     r = result["rows"]
     out = [
         "# Gained model vs CompressAI's variable-rate model, same budget (issue 11)",
@@ -129,6 +139,10 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict]) -> str:
             out += [f"Targets: vs the same-budget VBR model negative: **{pct(peer['bd_rate_psnr'])}** "
                     f"({met(peer['bd_rate_psnr'] < 0)}); vs the same-budget single-rate set <= +1.0 %: "
                     f"**{pct(single['bd_rate_psnr'])}** ({met(single['bd_rate_psnr'] <= 1.0)}).", ""]
+        peer_vs_single = vbr_vs_single(bd_dir)
+        if peer_vs_single:
+            out += ["For scale, the VBR peer against the same single-rate set: "
+                    f"{pct(peer_vs_single[0])} (PSNR), {pct(peer_vs_single[1])} (MS-SSIM dB).", ""]
         out += ["| against | BD-rate (PSNR) | BD-PSNR | BD-rate (MS-SSIM dB) |", "|---|---:|---:|---:|"]
         for row in bd["rows"]:
             out.append(f"| {row['baseline']} | {pct(row['bd_rate_psnr'])} | {row['bd_psnr']:+.2f} dB | "
@@ -218,7 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "kodak" / "peers.md")
     args = p.parse_args(argv)
     result = run(args)
-    text = markdown(result, read_json(args.bd, "BD-rates"), read_json(args.targets, "rate targets"))
+    text = markdown(result, read_json(args.bd, "BD-rates"), read_json(args.targets, "rate targets"), args.bd.parent)
     atomic_write_bytes(args.out, text.encode())
     atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(result, indent=2).encode())
     print(text)
