@@ -44,6 +44,14 @@ from model_speed import time_one  # noqa: E402  (benchmarks/model_speed.py: the 
 SINGLE_RATE_MODELS = 8  # the gained model's eight levels = eight single-rate models
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (the shipped model)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def weights_size(path: Path) -> int:
     """Bytes of a float16 weights-only export of ``path`` (how the shipped model is stored)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +87,7 @@ def run(args) -> Dict:
     rows = {}
     for k, net in nets.items():
         rows[k] = {
-            "checkpoint": str(paths[k]),
+            "checkpoint": shown(paths[k]),
             "model": model_name(net),
             "parameters": n_params(net),
             "weights_fp16_bytes": weights_size(paths[k]),
