@@ -147,6 +147,11 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: 
             out += [f"Targets: vs the same-budget VBR model negative: **{pct(peer['bd_rate_psnr'])}** "
                     f"({met(peer['bd_rate_psnr'] < 0)}); vs the same-budget single-rate set <= +1.0 %: "
                     f"**{pct(single['bd_rate_psnr'])}** ({met(single['bd_rate_psnr'] <= 1.0)}).", ""]
+            if single["bd_rate_psnr"] > 1.0:
+                out += ["Why the single-rate target is missed: a variable-rate model's levels share the 8,000 steps "
+                        "that each single-rate model spends on one lambda, and at this budget nothing has converged "
+                        "(see `results/training-curves.png`); the gap is largest at the highest lambdas. "
+                        "More steps per model would close it first, then width (N=128, M=192).", ""]
         peer_vs_single = vbr_vs_single(bd_dir)
         if peer_vs_single:
             out += ["For scale, the VBR peer against the same single-rate set: "
