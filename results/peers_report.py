@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gainedvae.bd import bd_rate  # noqa: E402
 from gainedvae.checkpoint import DEFAULT_CHECKPOINT, atomic_write_bytes, export_checkpoint, load_checkpoint  # noqa: E402
-from gainedvae.evaluate import list_images, read_image  # noqa: E402
+from gainedvae.evaluate import list_images, load_results_json, read_image  # noqa: E402
 from gainedvae.models import model_name  # noqa: E402
 from model_speed import time_one  # noqa: E402  (benchmarks/model_speed.py: the same timing code)
 
@@ -73,14 +73,13 @@ def run(args) -> Dict:
         time_one(net, images[0][..., :64, :64], args.quality)
     for x in images:
         per = {k: {"encode": [], "decode": []} for k in nets}
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             for k, net in nets.items():  # interleaved: gained, vbr, single, gained, ...
                 enc, dec, nbytes = time_one(net, x, args.quality)
                 per[k]["encode"].append(enc)
                 per[k]["decode"].append(dec)
-                bpp = 8 * nbytes / (x.shape[-2] * x.shape[-1])  # the same bytes every repeat
-                if len(per[k]["encode"]) == 1:
-                    times[k]["bpp"].append(bpp)
+                if repeat == 0:  # the same bytes every repeat
+                    times[k]["bpp"].append(8 * nbytes / (x.shape[-2] * x.shape[-1]))
         for k in nets:
             times[k]["encode"].append(statistics.median(per[k]["encode"]))
             times[k]["decode"].append(statistics.median(per[k]["decode"]))
@@ -123,7 +122,7 @@ def vbr_vs_single(folder: Path) -> Optional[tuple]:
     vbr, single = folder / "mbt2018-mean-vbr.json", folder / "mbt2018-mean-single-rate.json"
     if not (vbr.is_file() and single.is_file()):
         return None
-    v, s = json.loads(vbr.read_text())["results"], json.loads(single.read_text())["results"]
+    v, s = load_results_json(vbr)["results"], load_results_json(single)["results"]
     return tuple(bd_rate(s["bpp"], s[k], v["bpp"], v[k]) for k in ("psnr-rgb", "ms-ssim-rgb-db"))
 
 
