@@ -72,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--qmap-lambda-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=d.qmap_lambda_range,
                    help="gained-scgain: pixel lambda = level lambda * LOW**(1-q) * HIGH**q for map value q "
                         "(default: %(default)s, i.e. 1 at q=0.5)")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help="decay of the moving average of the weights used for validation, best.pt and export "
+                        "(gainedvae/ema.py; 0 disables; default: %(default)s)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -90,6 +93,7 @@ def config_from_args(args) -> TrainConfig:
         val_max_images=args.val_max_images, log_every=args.log_every, log_images=args.log_images,
         downscale_jpeg=args.downscale_jpeg, init=args.init, threads=args.threads, channels_last=args.channels_last, compile=args.compile,
         qmap_lambda_range=tuple(args.qmap_lambda_range), entropy_model=args.entropy_model,
+        ema_decay=args.ema_decay,
     )
 
 

@@ -6,7 +6,9 @@ A checkpoint is a ``torch.save`` dict::
      "model": registry name, "config": {"N", "M", "lambdas"},
      "state_dict": ..., **extra}
 
-so :func:`load_checkpoint` rebuilds the model without flags. Plain CompressAI
+so :func:`load_checkpoint` rebuilds the model without flags. A training checkpoint may also hold
+``"ema": {"decay", "updates", "shadow"}``, the exponential moving average of the parameters
+(:mod:`gainedvae.ema`); loading and exporting use it unless ``weights="raw"`` is asked for. Plain CompressAI
 state dicts (or CompressAI training checkpoints with a ``"state_dict"`` key)
 load too when the registry name is given.
 """
@@ -149,14 +151,38 @@ def _strip_prefix(state_dict: Dict[str, Tensor], prefix: str = "module.") -> Dic
     return state_dict
 
 
-def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", model: Optional[str] = None) -> nn.Module:
-    """Instantiate and fill the model described by a checkpoint dict."""
+WEIGHTS = ("ema", "raw")
+
+
+def checkpoint_weights(payload: Dict[str, Any], weights: str = "ema", source: str = "checkpoint") -> Dict[str, Tensor]:
+    """The state dict a gainedvae checkpoint dict stands for.
+
+    ``weights="ema"``: the parameters' moving average where the checkpoint has one (training
+    checkpoints of runs with ``--ema-decay``), else the raw weights; ``"raw"``: always the raw
+    weights (what ``--resume`` continues from).
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    state = payload["state_dict"]
+    ema = payload.get("ema")
+    if weights == "ema" and ema is not None:
+        shadow = ema.get("shadow") if isinstance(ema, dict) else None
+        if not isinstance(shadow, dict) or not set(shadow) <= set(state):
+            raise CheckpointError(f"{source}: malformed EMA state (expected a dict of parameters of the state dict)")
+        state = {**state, **shadow}
+    return state
+
+
+def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", model: Optional[str] = None,
+                       weights: str = "ema") -> nn.Module:
+    """Instantiate and fill the model described by a checkpoint dict (``weights``: see
+    :func:`checkpoint_weights`)."""
     if payload.get("format") == FORMAT:
         if payload.get("version", 0) > VERSION:
             raise CheckpointError(f"{source} has checkpoint version {payload['version']}; this gainedvae reads up to {VERSION}")
         name = model or payload["model"]
         config = dict(payload.get("config", {}))
-        state_dict = payload["state_dict"]
+        state_dict = checkpoint_weights(payload, weights, source)
     else:  # a CompressAI state dict or training checkpoint
         if model is None:
             raise CheckpointError(f"{source} is not a gainedvae checkpoint; pass model=<registry name> to load a CompressAI state dict")
@@ -181,20 +207,25 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
         raise CheckpointError(f"{source}: weights do not fit {name!r} {config}: {str(err).splitlines()[0]}") from None
     if lambdas and not is_variable_rate(net):
         net.lambdas = tuple(float(v) for v in lambdas)
-    net.weights_hash = hash_state_dict(payload["state_dict"] if payload.get("format") == FORMAT else state_dict)
+    # hash of the weights as stored (float16 stays float16), so that a file names the exact weights
+    net.weights_hash = hash_state_dict(
+        checkpoint_weights(payload, weights, source) if payload.get("format") == FORMAT else state_dict)
     return net
 
 
-def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True) -> Path:
+def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True, weights: str = "ema") -> Path:
     """Write a weights-only copy of the checkpoint ``src`` (e.g. a training checkpoint) to ``dst``.
 
-    Drops the optimiser, scheduler and RNG state; keeps the model description, the training
+    Drops the optimiser, scheduler, RNG and EMA state; keeps the model description, the training
     step and configuration (provenance) and stores floating-point weights as float16 when
-    ``half`` (how the default model is shipped). The result loads with :func:`load_checkpoint`.
+    ``half`` (how the default model is shipped). ``weights="ema"`` exports the moving average
+    where ``src`` has one (recorded as ``"weights": "ema"``), ``"raw"`` the raw weights. The
+    result loads with :func:`load_checkpoint`.
     """
     payload = read_checkpoint(src)
-    net = build_from_payload(payload, source=str(src))
+    net = build_from_payload(payload, source=str(src), weights=weights)
     extra = {k: payload[k] for k in ("step", "train_config") if k in payload}
+    extra["weights"] = "ema" if weights == "ema" and payload.get("ema") is not None else "raw"
     return save_checkpoint(net, dst, half=half, **extra)
 
 
@@ -202,6 +233,7 @@ def load_checkpoint(
     path: Optional[PathLike] = None,
     device: Union[str, torch.device] = "cpu",
     model: Optional[str] = None,
+    weights: str = "ema",
 ) -> nn.Module:
     """Load a model ready to code: eval mode, entropy tables updated.
 
@@ -209,6 +241,8 @@ def load_checkpoint(
         path: checkpoint file; ``None`` loads the shipped default model.
         device: where to put the model.
         model: registry name, only needed for plain CompressAI state dicts.
+        weights: ``"ema"`` (the moving average of a training checkpoint that has one, else the
+            weights) or ``"raw"`` (see :func:`checkpoint_weights`).
     """
     if path is None:
         if not DEFAULT_CHECKPOINT.is_file():
@@ -217,7 +251,7 @@ def load_checkpoint(
             )
         path = DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
-    net = build_from_payload(payload, source=str(path), model=model)
+    net = build_from_payload(payload, source=str(path), model=model, weights=weights)
     update_entropy_tables(net)  # gainedvae's scale table for every model, CompressAI baselines included
     net.checkpoint_path = str(path)
     return net.to(device).eval()

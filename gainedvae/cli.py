@@ -5,7 +5,7 @@
     gainedvae compress IMG -o OUT.gvae [--quality Q | --bpp B | --psnr P] [--checkpoint C] [--force]
     gainedvae decompress IN.gvae -o IMG.png [--checkpoint C] [--force]
     gainedvae info IN.gvae
-    gainedvae export TRAINING_CKPT -o MODEL.pt [--float32] [--force]
+    gainedvae export TRAINING_CKPT -o MODEL.pt [--float32] [--weights ema|raw] [--force]
 
 Every failure prints one line ``gainedvae: error: ...`` to stderr and exits
 with status 2; outputs are written atomically and an existing output is only
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint written by train_gain.py or save_checkpoint")
     p.add_argument("-o", "--output", required=True, help="output .pt file")
     p.add_argument("--float32", action="store_true", help="keep float32 weights")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="ema: the moving average of the weights where the checkpoint has one (default); raw: the raw weights")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
     return parser
 
@@ -172,11 +174,11 @@ def _cmd_export(args) -> str:
     from .checkpoint import export_checkpoint, read_checkpoint
 
     out = _check_output(args.output, args.force, [args.checkpoint])
-    export_checkpoint(args.checkpoint, out, half=not args.float32)
+    export_checkpoint(args.checkpoint, out, half=not args.float32, weights=args.weights)
     payload = read_checkpoint(out)
     params = sum(t.numel() for t in payload["state_dict"].values())
     return (f"{out}: {payload['model']} {payload['config']}, {params:,} parameters, "
-            f"{out.stat().st_size / 2**20:.2f} MiB, step {payload.get('step', '?')}")
+            f"{out.stat().st_size / 2**20:.2f} MiB, step {payload.get('step', '?')}, {payload['weights']} weights")
 
 
 COMMANDS = {"compress": _cmd_compress, "decompress": _cmd_decompress, "info": _cmd_info, "export": _cmd_export}

@@ -6,11 +6,14 @@ data pipeline, schedule and budget. Runs are resumable at any checkpoint with
 bit-identical continuation (data order and augmentation are functions of
 ``(seed, step)``; the torch RNG state, both optimisers and the scheduler are
 saved), observable (tqdm, JSON-lines logs for training and validation) and
-run under ``torchrun`` with DistributedDataParallel.
+run under ``torchrun`` with DistributedDataParallel. An exponential moving average of the
+weights (:mod:`gainedvae.ema`) is kept beside the raw weights; validation reports both, and
+``best.pt``, evaluation and export use the average.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +30,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, checkpoint_weights, read_checkpoint, save_checkpoint
+from .ema import WeightEMA
 from .models import DEFAULT_LAMBDAS, get_model, is_gained, is_variable_rate, model_name, pad_to_multiple
 from .data import PatchDataset, StepBatchSampler, load_validation, split_dataset
 from .data import mix_seed
@@ -83,6 +87,8 @@ class TrainConfig:
     # gained-scgain: pixel-wise lambda = level lambda * LOW ** (1 - q) * HIGH ** q (gainedvae.qmap.lambda_scale)
     qmap_lambda_range: Tuple[float, float] = DEFAULT_LAMBDA_RANGE
     entropy_model: Optional[str] = None  # gained hyperprior models: gaussian | asymmetric | gmm
+    # moving average of the weights (gainedvae.ema), used for validation, best.pt and export; 0 = off
+    ema_decay: float = 0.999
     extra: Dict[str, object] = field(default_factory=dict)
 
     def run_lambdas(self) -> Tuple[float, ...]:
@@ -300,6 +306,33 @@ def validate(net: nn.Module, images: Tensor, lambdas: Sequence[float], metric: s
     return records
 
 
+@contextlib.contextmanager
+def averaged(net: nn.Module, ema: Optional[WeightEMA]):
+    """``net`` holds the moving-average weights inside the block (no-op without an average)."""
+    if ema is None:
+        yield net
+        return
+    ema.swap(net)
+    try:
+        yield net
+    finally:
+        ema.swap(net)
+
+
+def validate_run(net: nn.Module, ema: Optional[WeightEMA], images: Tensor, lambdas: Sequence[float], metric: str,
+                 device) -> List[Dict]:
+    """:func:`validate` of the weights the run evaluates and exports: the moving average when
+    there is one (``"weights": "ema"``, with the raw weights' figures as ``raw_loss``,
+    ``raw_bpp``, ``raw_mse``, ``raw_psnr``), else the raw weights (``"weights": "raw"``)."""
+    if ema is None:
+        return [{**r, "weights": "raw"} for r in validate(net, images, lambdas, metric, device)]
+    raw = validate(net, images, lambdas, metric, device)
+    with averaged(net, ema):
+        records = validate(net, images, lambdas, metric, device)
+    return [{**r, "weights": "ema", **{f"raw_{k}": r0[k] for k in ("loss", "bpp", "mse", "psnr")}}
+            for r, r0 in zip(records, raw)]
+
+
 def save_side_by_side(net: nn.Module, x: Tensor, path: Path, level: Optional[int]) -> None:
     from PIL import Image
 
@@ -344,7 +377,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         net.gain.init_from_lambdas(lambdas, math.exp(sum(map(math.log, lambdas)) / len(lambdas)))
     if cfg.init:
         payload = read_checkpoint(cfg.init)
-        state = payload.get("state_dict", payload)
+        # a gainedvae checkpoint starts from its moving average where it has one
+        state = checkpoint_weights(payload, "ema", cfg.init) if payload.get("format") == FORMAT else payload.get("state_dict", payload)
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         if payload.get("model") != model_name(net) and hasattr(net, "load_backbone_state_dict"):
             # shared start from another model (e.g. a single-rate checkpoint)
@@ -383,6 +417,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         net = net.to(memory_format=torch.channels_last)
     optimizer, aux_optimizer = configure_optimizers(net, cfg.lr, cfg.aux_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    ema = WeightEMA(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
     start_step, best = 0, math.inf
 
     if resume:
@@ -401,6 +436,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         aux_optimizer.load_state_dict(state["aux_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_step, best = int(state["step"]), float(state.get("best_val", math.inf))
+        if ema is not None and state.get("ema") is not None:
+            ema.load(state["ema"])
+        elif ema is not None and rank == 0:
+            print(f"{path} has no weight average: it starts from the resumed weights (decay {cfg.ema_decay})")
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
@@ -447,6 +486,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
             rng=rng,
             best_val=best,
             train_config=asdict(cfg),
+            **({"ema": ema.save()} if ema is not None else {}),
         )
         return path
 
@@ -483,6 +523,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         aux.backward()
         aux_optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(net)
         step += 1
 
         window.append({k: float(v.detach()) for k, v in metrics.items()})
@@ -499,14 +541,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
                 window, t0 = [], time.perf_counter()
 
             if val is not None and val.size(0) and (step % cfg.val_every == 0 or step == cfg.steps):
-                records = validate(net, val, lambdas, cfg.metric, device)
+                records = validate_run(net, ema, val, lambdas, cfg.metric, device)
                 for r in records:
                     files.append(files.val_log, {"step": step, **r})
                 mean_loss = sum(r["loss"] for r in records) / len(records)
                 if cfg.log_images:
-                    for r in records:
-                        save_side_by_side(net, val[:1].to(device), files.dir / "images" / f"step{step:07d}-level{r['level']}.png",
-                                          r["level"] if len(lambdas) > 1 else None)
+                    with averaged(net, ema):
+                        for r in records:
+                            save_side_by_side(net, val[:1].to(device), files.dir / "images" / f"step{step:07d}-level{r['level']}.png",
+                                              r["level"] if len(lambdas) > 1 else None)
                 if mean_loss < best:
                     best = mean_loss
                     checkpoint(step, files.best)

@@ -80,8 +80,10 @@ def test_shared_start_initialises_gains(image_dir, tmp_path):
     c = cfg(image_dir, tmp_path / "g", steps=1, init=str(single), lr=0.0, aux_lr=0.0)
     final = train(c, progress=False)
     g = gainedvae.read_checkpoint(final)["state_dict"]
-    s = gainedvae.read_checkpoint(single)["state_dict"]
-    torch.testing.assert_close(g["g_a.0.weight"], s["g_a.0.weight"])
+    s = gainedvae.read_checkpoint(single)
+    # --init starts from the source's moving average (its "ema" shadow), not its raw weights
+    torch.testing.assert_close(g["g_a.0.weight"], s["ema"]["shadow"]["g_a.0.weight"])
+    assert not torch.equal(g["g_a.0.weight"], s["state_dict"]["g_a.0.weight"])
     torch.testing.assert_close(g["gain.y.log_gain"][:, 0], 0.5 * torch.log(torch.tensor([0.01 / 0.05, 1.0])))
 
 
