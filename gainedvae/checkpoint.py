@@ -53,7 +53,10 @@ def atomic_save(writer, path: PathLike) -> None:
     """Call ``writer(fileobj)`` on a temp file next to ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _about(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
@@ -61,10 +64,17 @@ def atomic_save(writer, path: PathLike) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (tmp, None):
+            raise _about(err, path) from None
         raise
+
+
+def _about(err: OSError, path: Path) -> OSError:
+    """``err`` naming the output ``path`` instead of the temporary file being written."""
+    return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
 def model_config(model: nn.Module) -> Dict[str, Any]:
