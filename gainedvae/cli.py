@@ -171,7 +171,10 @@ def _cmd_decompress(args) -> str:
     out = _check_output(args.output, args.force, [args.input])
     container = codec.read_container(args.input)  # validate before loading a model
     net = _load_model(args.checkpoint)
-    x_hat = codec.decode(net, container, max_pixels=_max_pixels(args))
+    try:
+        x_hat = codec.decode(net, container, max_pixels=_max_pixels(args))
+    except codec.CodecError as err:
+        raise CLIError(f"{args.input}: {err}") from None
     codec.save_image(x_hat, out)
     return (
         f"{out}: {container.width}x{container.height} from {args.input} "

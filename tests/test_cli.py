@@ -357,3 +357,13 @@ def test_animated_gif_warns_with_frame_count(files, tmp_path, capsys):
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=40)
     rc, out, err = run(capsys, "compress", gif, "-o", tmp_path / "o.gvae", "-c", files / "tiny.pt")
     assert rc == 0 and err.splitlines() == [f"gainedvae: warning: {gif}: animated image with 4 frames; only the first frame is coded"]
+
+
+def test_decode_errors_name_the_input(files, sample, tmp_path, capsys):
+    n = sample[6]
+    body = sample[: 23 + n] + struct.pack(">II", 4096, 4096) + sample[31 + n : -4]
+    bomb = tmp_path / "bomb.gvae"
+    bomb.write_bytes(body + struct.pack(">I", zlib.crc32(body)))
+    line = assert_one_line_error(*run(capsys, "decompress", bomb, "-o", tmp_path / "o.png", "-c", files / "tiny.pt"))
+    assert line.startswith(f"gainedvae: error: {bomb}: a stream of ") and "cannot code" in line, line
+    assert not (tmp_path / "o.png").exists()
