@@ -192,8 +192,12 @@ def _width(value: Any, key: str, source: str) -> int:
     return value
 
 
-#: ``(N tensor, dim, M tensor, dim)``: where the state dict holds each width
-#: (``g_a``'s first convolution outputs N channels, ``h_a`` takes the M of ``y``).
+#: Most lambdas (levels) a checkpoint may have.
+MAX_LEVELS = 64
+
+
+#: Where the state dict holds the widths: N = output channels of ``g_a``'s first
+#: convolution (either key), M = input channels of ``h_a.0.weight`` (the M of ``y``).
 _WIDTH_KEYS = (("g_a.0.weight", "g_a.0.conv1.weight"), "h_a.0.weight")
 
 
@@ -233,10 +237,6 @@ def _check_config(config: Any, state_dict: Dict[str, Tensor], source: str) -> Di
         if len(lambdas) > MAX_LEVELS:
             raise CheckpointError(f"{source}: config has {len(lambdas)} lambdas, at most {MAX_LEVELS} are supported")
     return config
-
-
-#: Most lambdas (levels) a checkpoint may have.
-MAX_LEVELS = 64
 
 
 def _check_version(payload: Dict[str, Any], source: str) -> None:
