@@ -20,13 +20,13 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .entropy import update_entropy_tables
-from .models import get_model, is_variable_rate, model_name
+from .models import MODELS, get_model, is_variable_rate, model_name
 
 FORMAT = "gainedvae-checkpoint"
 VERSION = 1
@@ -55,7 +55,10 @@ def atomic_save(writer, path: PathLike) -> None:
     """Call ``writer(fileobj)`` on a temp file next to ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _about(err, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
@@ -63,10 +66,17 @@ def atomic_save(writer, path: PathLike) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (tmp, None):
+            raise _about(err, path) from None
         raise
+
+
+def _about(err: OSError, path: Path) -> OSError:
+    """``err`` naming the output ``path`` instead of the temporary file being written."""
+    return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
 def model_config(model: nn.Module) -> Dict[str, Any]:
@@ -115,8 +125,12 @@ def save_checkpoint(model: nn.Module, path: PathLike, half: bool = False, **extr
 def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
     """Load a checkpoint file's dict safely (``weights_only=True``)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -173,21 +187,113 @@ def checkpoint_weights(payload: Dict[str, Any], weights: str = "ema", source: st
     return state
 
 
+def _clip(text: Any, limit: int = 200) -> str:
+    """``str(text)`` cut to ``limit`` characters (error messages stay one readable line)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
+def _known(name: Any, source: str) -> str:
+    if not isinstance(name, str) or name not in MODELS:
+        raise CheckpointError(f"{source}: unknown model {_clip(repr(name), 80)}; expected one of {', '.join(MODELS)}")
+    return name
+
+
+def _checked_state_dict(state_dict: Any, source: str) -> Dict[str, Tensor]:
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{source}: 'state_dict' must be a dict of tensors, got {type(state_dict).__name__}")
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{source}: 'state_dict' must map names to tensors, got {_clip(repr(key), 80)}: {type(value).__name__}"
+            )
+    return state_dict
+
+
+def _width(value: Any, key: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{source}: config {key} must be a positive integer, got {_clip(repr(value), 80)}")
+    return value
+
+
+#: Most lambdas (levels) a checkpoint may have.
+MAX_LEVELS = 64
+
+
+#: Where the state dict holds the widths: N = output channels of ``g_a``'s first
+#: convolution (either key), M = input channels of ``h_a.0.weight`` (the M of ``y``).
+_WIDTH_KEYS = (("g_a.0.weight", "g_a.0.conv1.weight"), "h_a.0.weight")
+
+
+def _state_widths(state_dict: Dict[str, Tensor], source: str) -> Tuple[int, int]:
+    """``(N, M)`` read from the shapes of known tensors of the state dict."""
+    n_key = next((k for k in _WIDTH_KEYS[0] if k in state_dict), None)
+    m_key = _WIDTH_KEYS[1]
+    if n_key is None or m_key not in state_dict:
+        missing = m_key if n_key is not None else " / ".join(_WIDTH_KEYS[0])
+        raise CheckpointError(f"{source}: the state dict has no {missing}, so its widths N, M are unknown")
+    n_t, m_t = state_dict[n_key], state_dict[m_key]
+    if n_t.dim() < 2 or m_t.dim() < 2:
+        raise CheckpointError(f"{source}: {n_key} / {m_key} are not convolution weights")
+    return int(n_t.shape[0]), int(m_t.shape[1])
+
+
+def _check_config(config: Any, state_dict: Dict[str, Tensor], source: str) -> Dict[str, Any]:
+    """The config, validated against the state dict's shapes before anything is allocated."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: 'config' must be a dict, got {type(config).__name__}")
+    config = dict(config)
+    n_sd, m_sd = _state_widths(state_dict, source)
+    for key, got in (("N", n_sd), ("M", m_sd)):
+        if key in config and config[key] is not None:
+            want = _width(config[key], key, source)
+            if want != got:
+                raise CheckpointError(
+                    f"{source}: config says {key}={want} but the weights have {key}={got} "
+                    f"({'g_a' if key == 'N' else 'h_a.0.weight'} shape); refusing to build the model"
+                )
+    lambdas = config.get("lambdas")
+    if lambdas is not None:
+        if not isinstance(lambdas, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in lambdas
+        ):
+            raise CheckpointError(f"{source}: config lambdas must be a list of numbers, got {_clip(repr(lambdas), 80)}")
+        if len(lambdas) > MAX_LEVELS:
+            raise CheckpointError(f"{source}: config has {len(lambdas)} lambdas, at most {MAX_LEVELS} are supported")
+    return config
+
+
+def _check_version(payload: Dict[str, Any], source: str) -> None:
+    version = payload.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{source}: checkpoint version must be an integer, got {_clip(repr(version), 80)}")
+    if version > VERSION:
+        raise CheckpointError(f"{source} has checkpoint version {version}; this gainedvae reads up to {VERSION}")
+
+
 def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", model: Optional[str] = None,
                        weights: str = "ema") -> nn.Module:
     """Instantiate and fill the model described by a checkpoint dict (``weights``: see
-    :func:`checkpoint_weights`)."""
+    :func:`checkpoint_weights`).
+
+    The model name, state dict, version and config are validated first (the
+    widths against the shapes of the weights), so a malformed checkpoint is a
+    :class:`CheckpointError` naming ``source`` and never sizes a model.
+    """
     if payload.get("format") == FORMAT:
-        if payload.get("version", 0) > VERSION:
-            raise CheckpointError(f"{source} has checkpoint version {payload['version']}; this gainedvae reads up to {VERSION}")
-        name = model or payload["model"]
-        config = dict(payload.get("config", {}))
-        state_dict = checkpoint_weights(payload, weights, source)
+        _check_version(payload, source)
+        for key in ("model", "state_dict"):
+            if key not in payload:
+                raise CheckpointError(f"{source}: a gainedvae checkpoint needs a {key!r} entry, this one has none")
+        name = _known(model or payload["model"], source)
+        _checked_state_dict(payload["state_dict"], source)
+        state_dict = _checked_state_dict(checkpoint_weights(payload, weights, source), source)
+        config = _check_config(payload.get("config", {}), state_dict, source)
     else:  # a CompressAI state dict or training checkpoint
         if model is None:
             raise CheckpointError(f"{source} is not a gainedvae checkpoint; pass model=<registry name> to load a CompressAI state dict")
-        name = model
-        state_dict = _strip_prefix(payload.get("state_dict", payload))
+        name = _known(model, source)
+        state_dict = _checked_state_dict(_strip_prefix(payload.get("state_dict", payload)), source)
         try:
             config = {"N": state_dict["g_a.0.weight"].size(0), "M": state_dict["g_a.6.weight"].size(0)}
         except KeyError as err:
@@ -195,8 +301,8 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
     lambdas = config.pop("lambdas", None)
     try:
         net = get_model(name, **config, **({"lambdas": lambdas} if lambdas and is_variable_rate(name) else {}))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{source}: cannot build model {name!r} with {config}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{source}: cannot build model {name!r} with {_clip(config)}: {_clip(err, 300)}") from None
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     try:
         if payload.get("format") != FORMAT and hasattr(net, "load_backbone_state_dict"):
@@ -204,7 +310,7 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
         else:
             net.load_state_dict(state_dict)
     except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{source}: weights do not fit {name!r} {config}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: weights do not fit {name!r} {_clip(config)}: {_clip(str(err).splitlines()[0], 300)}") from None
     if lambdas and not is_variable_rate(net):
         net.lambdas = tuple(float(v) for v in lambdas)
     # hash of the weights as stored (float16 stays float16), so that a file names the exact weights

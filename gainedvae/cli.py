@@ -2,8 +2,8 @@
 
 ::
 
-    gainedvae compress IMG -o OUT.gvae [--quality Q | --bpp B | --psnr P] [--checkpoint C] [--force]
-    gainedvae decompress IN.gvae -o IMG.png [--checkpoint C] [--force]
+    gainedvae compress IMG -o OUT.gvae [--quality Q | --bpp B | --psnr P] [--checkpoint C] [--force] [--max-pixels N]
+    gainedvae decompress IN.gvae -o IMG.png [--checkpoint C] [--force] [--max-pixels N]
     gainedvae info IN.gvae
     gainedvae export TRAINING_CKPT -o MODEL.pt [--float32] [--weights ema|raw] [--force]
 
@@ -61,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a number in [0, 1]")
     p.add_argument("-c", "--checkpoint", help="model checkpoint (default: the shipped model)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    _add_max_pixels(p, "refuse larger input images (checked in the image header before decoding pixels)")
 
     p = sub.add_parser("decompress", help="decode a .gvae file into an image (PNG by default)")
     p.add_argument("input", help="input .gvae file")
     p.add_argument("-o", "--output", required=True, help="output image (.png; format from the extension)")
     p.add_argument("-c", "--checkpoint", help="model checkpoint (default: the shipped model)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    _add_max_pixels(p, "refuse files announcing a larger image")
 
     p = sub.add_parser("info", help="describe a .gvae file (no model needed)")
     p.add_argument("input", help="input .gvae file")
@@ -81,6 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pixel_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive number of pixels, got {value}")
+    return value
+
+
+def _add_max_pixels(p: argparse.ArgumentParser, what: str) -> None:
+    from .codec import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
+
+    p.add_argument(
+        "--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+        help=f"{what}: limit on the image size padded to multiples of 64 (default {DEFAULT_MAX_PIXELS}, "
+             f"about {DEFAULT_MAX_PIXELS * DECODE_BYTES_PER_PIXEL / 1e9:.1f} GB to decode; 0 = no limit)",
+    )
+
+
+def _max_pixels(args) -> Optional[int]:
+    return args.max_pixels or None
+
+
 def _check_output(path: str, force: bool, inputs: Sequence[str] = ()) -> Path:
     out = Path(path)
     for src in inputs:
@@ -93,6 +119,12 @@ def _check_output(path: str, force: bool, inputs: Sequence[str] = ()) -> Path:
         raise CLIError(f"output {out} is a directory")
     if out.exists() and not force:
         raise CLIError(f"output {out} already exists (use --force to overwrite)")
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist (it is not created)"
+        raise CLIError(f"cannot write output {out}: folder {folder} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write output {out}: folder {folder} is not writable")
     return out
 
 
@@ -117,7 +149,7 @@ def _cmd_compress(args) -> str:
             if not Path(qmap).is_file():
                 raise CLIError(f"--qmap {qmap}: expected a number in [0, 1] or a grayscale image file") from None
     out = _check_output(args.output, args.force, [args.image])
-    image = codec.load_image(args.image)
+    image = codec.load_image(args.image, max_pixels=_max_pixels(args))
     net = _load_model(args.checkpoint)
     h, w = image.shape[:2]
     if args.bpp is not None or args.psnr is not None:
@@ -141,7 +173,10 @@ def _cmd_decompress(args) -> str:
     out = _check_output(args.output, args.force, [args.input])
     container = codec.read_container(args.input)  # validate before loading a model
     net = _load_model(args.checkpoint)
-    x_hat = codec.decode(net, container)
+    try:
+        x_hat = codec.decode(net, container, max_pixels=_max_pixels(args))
+    except codec.CodecError as err:
+        raise CLIError(f"{args.input}: {err}") from None
     codec.save_image(x_hat, out)
     return (
         f"{out}: {container.width}x{container.height} from {args.input} "
@@ -210,7 +245,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif isinstance(err, OSError):
             where = f" {err.filename}" if getattr(err, "filename", None) else ""
             text = f"{err.strerror or err}{':' if where else ''}{where}"
-        elif isinstance(err, (ValueError, MemoryError, RuntimeError)):
+        elif isinstance(err, MemoryError):
+            text = f"out of memory (MemoryError{': ' + str(err) if str(err) else ''})"
+        elif isinstance(err, (ValueError, RuntimeError)):
             text = f"{type(err).__name__}: {err}"
         else:
             text = f"internal error: {type(err).__name__}: {err} (set GAINEDVAE_DEBUG=1 for a traceback)"

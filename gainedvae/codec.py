@@ -65,6 +65,11 @@ __all__ = [
     "encode_to_psnr",
     "guard_entropy_coders",
     "check_encodable",
+    "check_pixels",
+    "check_stream_length",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_FILE_BYTES",
+    "min_stream_bits",
     "image_to_tensor",
     "load_image",
     "model_identity",
@@ -93,9 +98,22 @@ KNOWN_FLAGS = FLAG_QUALITY_MAP
 MAX_DIM = 65535 * 4
 #: Bytes of the weights hash stored in a container (32 hex characters).
 HASH_BYTES = 16
-#: Default limit on ``H * W`` for :func:`decode` (protects against files that
-#: announce a huge image); pass ``max_pixels=None`` to lift it.
-DEFAULT_MAX_PIXELS = 1 << 27
+#: Default limit on the *padded* image size (``H`` and ``W`` rounded up to the
+#: model's downsampling factor, 64) for :func:`decode` and :func:`load_image`:
+#: decoding needs about :data:`DECODE_BYTES_PER_PIXEL` bytes per padded pixel,
+#: so the default (16.8 MP, e.g. 4096x4096) needs about 4.2 GB. Pass
+#: ``max_pixels=None`` to lift it (``--max-pixels 0`` on the command line).
+DEFAULT_MAX_PIXELS = 1 << 24
+#: Peak memory of :func:`decode` per padded pixel (measured with the shipped
+#: gained-mbt2018-mean, see docs/format.md), for "needs about X GB" messages.
+DECODE_BYTES_PER_PIXEL = 250
+#: Largest ``.gvae`` file :func:`read_container` reads (larger files, and
+#: anything that is not a regular file, are refused before reading).
+MAX_FILE_BYTES = 1 << 28
+#: A stream must hold at least this fraction of the bits that its symbols
+#: cost at the least (:func:`min_stream_bits`); a shorter stream cannot have
+#: been written by the encoder for the announced image size.
+MIN_STREAM_FRACTION = 0.5
 
 _HEAD = struct.Struct(">4sBBB")  # magic, version, flags, name length
 _DIMS = struct.Struct(">IIdB")  # height, width, quality, number of streams
@@ -256,22 +274,41 @@ class Container:
         )
 
 
-def read_container(path: PathLike) -> Container:
-    """Read and validate a ``.gvae`` file (no model needed)."""
-    data = _read_file(path, what="file")
+def read_container(path: PathLike, max_bytes: Optional[int] = MAX_FILE_BYTES) -> Container:
+    """Read and validate a ``.gvae`` file (no model needed).
+
+    Refuses anything that is not a regular file (a device such as
+    ``/dev/zero``, a FIFO) and files larger than ``max_bytes`` before reading.
+    """
+    data = _read_file(path, what="file", max_bytes=max_bytes)
     return Container.from_bytes(data, source=str(path))
 
 
-def _read_file(path: PathLike, what: str) -> bytes:
+def _read_file(path: PathLike, what: str, max_bytes: Optional[int] = MAX_FILE_BYTES) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return _read_bounded(f, path, what, max_bytes)
     except FileNotFoundError:
         raise CodecError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise CodecError(f"{what} {path} is a directory") from None
     except OSError as err:
         raise CodecError(f"cannot read {what} {path}: {err.strerror or err}") from None
+
+
+def _read_bounded(f, path: PathLike, what: str, max_bytes: Optional[int]) -> bytes:
+    """Read an open file that must be a regular file of at most ``max_bytes`` bytes."""
+    import stat
+
+    info = os.fstat(f.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        raise CodecError(f"{what} {path} is not a regular file (a device, FIFO or socket); refusing to read it")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise CodecError(f"{what} {path} is {info.st_size} bytes, larger than the limit of {max_bytes} bytes")
+    data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:  # grew while being read
+        raise CodecError(f"{what} {path} is larger than the limit of {max_bytes} bytes")
+    return data
 
 
 def _hash_prefix_bytes(weights_hash: str) -> bytes:
@@ -323,14 +360,18 @@ def _describe(name: str, hash_prefix: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def load_image(path: PathLike) -> np.ndarray:
+def load_image(path: PathLike, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as 8-bit RGB, ``uint8`` array of shape ``(H, W, 3)``.
 
     Grayscale, palette, CMYK, YCbCr, ... are converted to RGB; 16-bit images
     (``I;16*``, and ``I`` with values above 255) are scaled to 8 bits
     (``round(v / 257)``); an alpha channel is dropped with a warning naming
-    the file; the EXIF orientation is applied. Raises :class:`CodecError` for
-    missing, unreadable or non-image files.
+    the file; the EXIF orientation is applied; of an animated image (GIF,
+    WebP, APNG) only the first frame is read, with a warning naming the frame
+    count. The size in the file's header is checked against ``max_pixels``
+    (padded to 64, as for :func:`decode`) before any pixel is decoded.
+    Raises :class:`CodecError` for missing, unreadable, non-image or too
+    large files.
     """
     path = Path(path)
     if not path.exists():
@@ -339,6 +380,8 @@ def load_image(path: PathLike) -> np.ndarray:
         raise CodecError(f"image {path} is a directory")
     try:
         with Image.open(path) as img:
+            check_pixels(img.height, img.width, max_pixels, f"image {path}")
+            _warn_if_animated(img, path)
             img.load()
             try:
                 img = ImageOps.exif_transpose(img)
@@ -353,6 +396,45 @@ def load_image(path: PathLike) -> np.ndarray:
         raise CodecError(f"cannot read image {path}: {err}") from None
     except (OSError, ValueError, SyntaxError, struct.error, EOFError) as err:
         raise CodecError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+
+
+def _warn_if_animated(img: Image.Image, path: Path) -> None:
+    frames = getattr(img, "n_frames", 1)
+    if isinstance(frames, int) and frames > 1:
+        warnings.warn(
+            f"{path}: animated image with {frames} frames; only the first frame is coded", UserWarning, stacklevel=3
+        )
+
+
+#: Spatial downsampling factor of every gained model: images are padded to a multiple of it.
+PAD_FACTOR = 64
+
+
+def padded_pixels(height: int, width: int, factor: int = PAD_FACTOR) -> int:
+    """Pixels of a ``height x width`` image padded to multiples of ``factor``."""
+    return (-(-int(height) // factor) * factor) * (-(-int(width) // factor) * factor)
+
+
+def decode_memory_bytes(height: int, width: int) -> int:
+    """About how many bytes :func:`decode` needs for a ``height x width`` image."""
+    return DECODE_BYTES_PER_PIXEL * padded_pixels(height, width)
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+def check_pixels(height: int, width: int, max_pixels: Optional[int], what: str) -> None:
+    """:class:`CodecError` when the padded ``height x width`` exceeds ``max_pixels`` (None: no limit)."""
+    if max_pixels is None:
+        return
+    padded = padded_pixels(height, width)
+    if padded > max_pixels:
+        raise CodecError(
+            f"{what} is {height}x{width} pixels ({padded} when padded to multiples of {PAD_FACTOR}), more than "
+            f"max_pixels={max_pixels}; coding it needs about {_gb(decode_memory_bytes(height, width))} "
+            "(raise the limit with max_pixels= / --max-pixels if this machine has the memory)"
+        )
 
 
 def _to_rgb8(img: Image.Image, path: Path) -> np.ndarray:
@@ -648,8 +730,64 @@ class _GuardedEncoder(_Proxy):
         return self._inner.encode_with_indexes(symbols, indexes, cdfs, cdfs_sizes, offsets, *args, **kwargs)
 
 
+#: Information an rANS coding step can lose to rounding, in bits per symbol: the
+#: 64-bit state ``x >= 2**15 * freq`` maps to ``(x // freq) * 2**16 + ...``, at
+#: least ``x * 2**16 / freq * (1 - 2**-15)``.
+_RANS_ROUNDING_BITS = -math.log2(1 - 2.0**-15)
+
+
+def _table_min_bits(cdfs, cdfs_sizes) -> np.ndarray:
+    """Cheapest symbol of every rANS table, in bits: ``log2(total / largest frequency)``."""
+    costs = np.empty(len(cdfs), dtype=np.float64)
+    for i, (row, size) in enumerate(zip(cdfs, cdfs_sizes)):
+        cdf = np.asarray(row[: int(size)], dtype=np.int64)
+        freq = np.diff(cdf)
+        costs[i] = math.log2(cdf[-1] / freq.max()) if freq.size and freq.max() > 0 and cdf[-1] > 0 else 0.0
+    return costs
+
+
+_MIN_BITS_CACHE: dict = {}  # id(cdfs) -> (cdfs, its costs); the few most recently used tables
+
+
+def min_stream_bits(indexes, cdfs, cdfs_sizes) -> float:
+    """A lower bound of the bits CompressAI's rANS encoder writes for symbols coded
+    with the tables ``indexes`` (every symbol the most probable one of its table,
+    less the coder's rounding loss, :data:`_RANS_ROUNDING_BITS` per symbol;
+    escape bits and the 8-byte flush are not counted)."""
+    hit = _MIN_BITS_CACHE.pop(id(cdfs), None)
+    if hit is None or hit[0] is not cdfs:
+        hit = (cdfs, np.maximum(_table_min_bits(cdfs, cdfs_sizes) - _RANS_ROUNDING_BITS, 0.0))
+    _MIN_BITS_CACHE[id(cdfs)] = hit  # most recent last
+    while len(_MIN_BITS_CACHE) > 4:
+        _MIN_BITS_CACHE.pop(next(iter(_MIN_BITS_CACHE)))
+    per_table = hit[1]
+    idx = np.asarray(indexes, dtype=np.int64)
+    if idx.size == 0:
+        return 0.0
+    if idx.min() < 0 or idx.max() >= len(per_table):
+        raise CodecError(f"entropy table index out of range (0..{len(per_table) - 1})")
+    return float(np.bincount(idx, minlength=len(per_table)) @ per_table)
+
+
+def check_stream_length(stream: bytes, indexes, cdfs, cdfs_sizes) -> None:
+    """Refuse a stream too short for its symbols (an edited image size, a truncated stream).
+
+    A valid stream holds at least :func:`min_stream_bits` bits; one with fewer
+    than :data:`MIN_STREAM_FRACTION` of them was not written by the encoder for
+    this many symbols, and decoding it would only produce garbage, at the full
+    cost of the announced size.
+    """
+    need = MIN_STREAM_FRACTION * min_stream_bits(indexes, cdfs, cdfs_sizes) / 8
+    if len(stream) < need:
+        raise CodecError(
+            f"a stream of {len(stream)} bytes cannot code {len(indexes)} latent symbols (at least {math.ceil(need)} "
+            "bytes expected): the file is truncated or its image size was edited"
+        )
+
+
 class _GuardedDecoder(_Proxy):
-    """``RansDecoder`` whose ``decode_with_indexes`` pads the stream (:func:`rans_padding`).
+    """``RansDecoder`` whose ``decode_with_indexes`` refuses streams too short for
+    their symbols (:func:`check_stream_length`) and pads the stream (:func:`rans_padding`).
 
     ``set_stream`` / ``decode_stream`` (not used by the hyperprior models)
     are passed through unguarded: the symbol count is unknown when the
@@ -659,6 +797,8 @@ class _GuardedDecoder(_Proxy):
     def decode_with_indexes(self, encoded, indexes, *args, **kwargs):
         if not isinstance(encoded, (bytes, bytearray)):
             raise CodecError(f"a stream must be bytes, got {type(encoded).__name__}")
+        if len(args) >= 2:
+            check_stream_length(encoded, indexes, args[0], args[1])
         padded = bytes(encoded) + bytes(rans_padding(encoded, len(indexes)))
         return self._inner.decode_with_indexes(padded, indexes, *args, **kwargs)
 
@@ -704,6 +844,52 @@ def guard_entropy_coders(net: nn.Module) -> nn.Module:
     return net
 
 
+def available_memory_bytes() -> Optional[int]:
+    """Memory this process may still use: ``MemAvailable`` and the address-space
+    limit (``RLIMIT_AS``, less what is mapped); None when unknown."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            limits.append(max(0, soft - mapped))
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_memory(height: int, width: int) -> None:
+    """:class:`CodecError` when decoding ``height x width`` needs more memory than is available."""
+    need, have = decode_memory_bytes(height, width), available_memory_bytes()
+    if have is not None and need > have:
+        raise CodecError(
+            f"not enough memory to decode the file's {height}x{width} image: it needs about {_gb(need)}, "
+            f"{_gb(have)} are available"
+        )
+
+
+def _is_allocation_failure(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("allocate" in text or "out of memory" in text.lower())
+
+
+def _memory_error(height: int, width: int) -> CodecError:
+    return CodecError(
+        f"not enough memory to decode the file's {height}x{width} image: it needs about "
+        f"{_gb(decode_memory_bytes(height, width))}"
+    )
+
+
 def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tensor:
     """Decode a ``.gvae`` file to a float image ``(1, 3, H, W)`` in ``[0, 1]``.
 
@@ -712,8 +898,10 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
     Raises:
         CodecError: malformed/corrupt container, a file made with other
             weights (both identities are named), a quality outside the
-            model's range, an image larger than ``max_pixels``, or a payload
-            that does not decode to a finite image.
+            model's range, an image whose padded size exceeds ``max_pixels``
+            (or that needs more memory than is available), a stream too short
+            for the announced image (:func:`check_stream_length`), or a
+            payload that does not decode to a finite image.
     """
     c = data if isinstance(data, Container) else Container.from_bytes(data)
     name, hash_prefix = model_identity(net)
@@ -731,16 +919,20 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
     q = _check_quality(net, c.quality, source="file quality")
     if len(c.streams) != 2:
         raise CodecError(f"{name} files have 2 streams (y, z), this one has {len(c.streams)}")
-    if max_pixels is not None and c.height * c.width > max_pixels:
-        raise CodecError(
-            f"the file announces a {c.height}x{c.width} image, more than max_pixels={max_pixels}"
-        )
+    check_pixels(c.height, c.width, max_pixels, "the file's image")
+    check_memory(c.height, c.width)
     guard_entropy_coders(net)
     y_stream, z_stream = c.streams
     try:
         with torch.inference_mode():
             x_hat = net.decompress([[y_stream], [z_stream]], (c.height, c.width), q)["x_hat"]
+    except CodecError:
+        raise
+    except MemoryError:
+        raise _memory_error(c.height, c.width) from None
     except (RuntimeError, ValueError, OverflowError, IndexError, TypeError) as err:
+        if _is_allocation_failure(err):
+            raise _memory_error(c.height, c.width) from None
         raise CodecError(f"corrupt payload: decoding failed ({type(err).__name__}: {err})") from None
     if x_hat.shape != (1, 3, c.height, c.width):
         raise CodecError(f"corrupt payload: decoded shape {tuple(x_hat.shape)}")

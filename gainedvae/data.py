@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -155,21 +156,47 @@ class PatchDataset(Dataset):
         self.train = train
         self.downscale_jpeg = downscale_jpeg
         self.cache = {} if cache else None
+        self.unreadable: set = set()  # indexes of images found unreadable (skipped)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _load(self, i: int) -> torch.Tensor:
-        if self.cache is not None and i in self.cache:
-            return self.cache[i]
+    def _decode(self, i: int) -> torch.Tensor:
         ref = self.images[i]
         img = load_rgb(ref)
         if self.downscale_jpeg:
             img = _downscale_if_jpeg(img, ref, self.patch_size)
-        t = _fit(_to_tensor(img), self.patch_size)
-        if self.cache is not None:
-            self.cache[i] = t
-        return t
+        return _fit(_to_tensor(img), self.patch_size)
+
+    def _skip(self, i: int, err: DataError) -> None:
+        self.unreadable.add(i)
+        warnings.warn(
+            f"skipping an unreadable training image ({len(self.unreadable)} of {len(self.images)} unreadable so far): {err}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    def _load(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 CHW. For training, an unreadable image (corrupt, truncated,
+        empty) is skipped with a warning and replaced by the next readable one, so the
+        choice stays a function of ``i`` (resuming is still exact); validation raises."""
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        n = len(self.images)
+        for j in ((i + k) % n for k in range(n if self.train else 1)):
+            if j in self.unreadable:
+                continue
+            try:
+                t = self._decode(j)
+            except DataError as err:
+                if not self.train:
+                    raise
+                self._skip(j, err)
+                continue
+            if self.cache is not None:
+                self.cache[i] = t
+            return t
+        raise DataError(f"none of the {n} training images can be read (see the warnings above)")
 
     def __getitem__(self, item) -> torch.Tensor:
         i, seed = item if isinstance(item, tuple) else (item, 0)
@@ -244,4 +271,12 @@ def load_validation(images: Sequence[ImageRef], size: int, max_images: Optional[
     """Centre crops of the validation images as one ``(n, 3, size, size)`` batch."""
     images = list(images)[: max_images or None]
     ds = PatchDataset(images, patch_size=size, train=False, cache=False)
-    return torch.stack([ds[i] for i in range(len(ds))]) if images else torch.empty(0, 3, size, size)
+    crops, skipped = [], 0
+    for i in range(len(ds)):
+        try:
+            crops.append(ds[i])
+        except DataError as err:
+            skipped += 1
+            warnings.warn(f"skipping an unreadable validation image ({skipped} of {len(ds)} so far): {err}",
+                          UserWarning, stacklevel=2)
+    return torch.stack(crops) if crops else torch.empty(0, 3, size, size)

@@ -67,7 +67,7 @@ def check_quality(quality: QualityLike, levels: int) -> Tensor:
     if lo < 1 or hi > levels:
         bad = lo if lo < 1 else hi
         raise ValueError(
-            f"quality {bad:g} is outside the trained range [1, {levels}] "
+            f"quality {bad!r} is outside the trained range [1, {levels}] "
             f"(this model has {levels} levels)"
         )
     if isinstance(quality, Tensor):

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -278,11 +279,48 @@ class RunFiles:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    TEMP = (".ckpt-*.pt.*.tmp", ".best.pt.*.tmp")
+
+    def remove_temp_files(self) -> List[Path]:
+        """Delete the temporary files of checkpoint writes that were killed (``kill -9``
+        during :func:`~gainedvae.checkpoint.atomic_save`), with a warning; returns them."""
+        found = sorted({p for pattern in self.TEMP for p in self.dir.glob(pattern) if p.is_file()})
+        for p in found:
+            p.unlink(missing_ok=True)
+        if found:
+            warnings.warn(
+                f"{self.dir}: removed {len(found)} temporary file(s) of an interrupted checkpoint write: "
+                f"{', '.join(p.name for p in found[:5])}{' ...' if len(found) > 5 else ''}",
+                UserWarning,
+                stacklevel=2,
+            )
+        return found
+
+    @staticmethod
+    def read_log(path: Path) -> List[str]:
+        """The JSON lines of a log. A torn last line (a run killed while appending) is
+        dropped with a warning; a corrupt line elsewhere is a :class:`TrainingError`
+        naming the file and line."""
+        lines = [(n, ln) for n, ln in enumerate(path.read_text(errors="replace").splitlines(), 1) if ln.strip()]
+        kept = []
+        for k, (n, ln) in enumerate(lines):
+            try:
+                record = json.loads(ln)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("no integer 'step'")
+            except ValueError as err:
+                if k == len(lines) - 1:
+                    warnings.warn(f"{path}: dropping its torn last line {n} ({err})", UserWarning, stacklevel=3)
+                    break
+                raise TrainingError(f"{path}: line {n} is not a valid log record ({err}); repair or remove it") from None
+            kept.append((record["step"], ln))
+        return kept
+
     def truncate_logs(self, step: int) -> None:
         """Drop log lines written after ``step`` (a resumed run rewrites them)."""
         for path in (self.train_log, self.val_log):
             if path.exists():
-                lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+                lines = [ln for s, ln in self.read_log(path) if s <= step]
                 path.write_text("".join(ln + "\n" for ln in lines))
 
 
@@ -397,6 +435,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         torch.set_num_threads(cfg.threads)
     rank, world, device = init_distributed(cfg)
     files = RunFiles(cfg.save_dir, cfg.keep)
+    if rank == 0:
+        files.remove_temp_files()
     train_images, val_images = split_dataset(cfg.data, cfg.val_split)
     lambdas = cfg.run_lambdas()
     if cfg.level_sampling == "sample" and cfg.model.endswith("-vbr"):

@@ -128,3 +128,67 @@ def test_every_loaded_model_codes_with_the_fine_scale_table(tmp_path, name):
     if gainedvae.is_gained(net):  # the model's own update() defaults to the same table
         net.update(force=True)
         assert net.gaussian_conditional.scale_table.numel() == 256
+
+
+# --------------------------------------------------------------------------- issue 18: malformed checkpoints
+
+
+def _payload(**changes):
+    net = tiny_model()
+    payload = {"format": "gainedvae-checkpoint", "version": 1, "model": "gained-mbt2018-mean",
+               "config": {"N": 16, "M": 16, "lambdas": list(net.lambdas)},
+               "state_dict": {k: v.clone() for k, v in net.state_dict().items()}}
+    for key, value in changes.items():
+        if value is KeyError:
+            del payload[key]
+        else:
+            payload[key] = value
+    return payload
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"model": "no-such-model"}, "unknown model 'no-such-model'; expected one of gained-"),
+        ({"model": KeyError}, "needs a 'model' entry"),
+        ({"state_dict": KeyError}, "needs a 'state_dict' entry"),
+        ({"state_dict": [1, 2]}, "'state_dict' must be a dict of tensors, got list"),
+        ({"state_dict": {"g_a.0.weight": 3}}, "must map names to tensors, got 'g_a.0.weight': int"),
+        ({"version": "abc"}, "checkpoint version must be an integer, got 'abc'"),
+        ({"config": "abc"}, "'config' must be a dict, got str"),
+        ({"config": {"N": -1, "M": 16}}, "config N must be a positive integer, got -1"),
+        ({"config": {"N": 1500, "M": 1500}}, "config says N=1500 but the weights have N=16"),
+        ({"config": {"N": 200000, "M": 200000}}, "config says N=200000 but the weights have N=16"),
+        ({"config": {"N": 16, "M": 17}}, "config says M=17 but the weights have M=16"),
+        ({"config": {"N": 16, "M": 16, "lambdas": "abc"}}, "lambdas must be a list of numbers"),
+        ({"config": {"N": 16, "M": 16, "lambdas": [0.1] * 100_000}}, "100000 lambdas, at most 64"),
+        ({"config": {"N": 16, "M": 16, "lambdas": [0.2, 0.1]}}, "cannot build model"),
+    ],
+)
+def test_malformed_checkpoints_are_checkpoint_errors(tmp_path, monkeypatch, changes, match):
+    """Reported: KeyError / AttributeError / TypeError / ValueError / RuntimeError escaped, and a
+    config of N=M=1500 built a 4.1 GB model before the weights were found not to fit."""
+    path = tmp_path / "bad.pt"
+    torch.save(_payload(**changes), path)
+    built = []
+    if "cannot build" not in match:
+        monkeypatch.setattr("gainedvae.checkpoint.get_model", lambda *a, **k: built.append(1))
+    with pytest.raises(CheckpointError, match=match) as info:
+        gainedvae.load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert len(str(info.value)) < 600
+    assert not built  # refused before any model was built
+
+
+def test_checkpoint_path_that_is_a_directory(tmp_path):
+    """Reported: ``--checkpoint DIR`` said "does not exist"."""
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        gainedvae.load_checkpoint(tmp_path)
+
+
+def test_error_messages_clip_long_lists(tmp_path):
+    payload = _payload(config={"N": 16, "M": 16, "lambdas": [float(i % 7) for i in range(60)]})  # not increasing
+    torch.save(payload, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="cannot build model") as info:
+        gainedvae.load_checkpoint(tmp_path / "c.pt")
+    assert len(str(info.value)) < 600 and "characters)" in str(info.value)

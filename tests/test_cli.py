@@ -276,3 +276,94 @@ def test_cli_qmap_with_scgain(tmp_path, capsys):
     assert Image.open(tmp_path / "o.png").size == (56, 40)
     assert main(["compress", str(img), "-o", str(tmp_path / "p.gvae"), "-c", str(ckpt), "--qmap", "nope.png"]) == 2
     assert "--qmap nope.png" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- issue 18
+
+
+def test_max_pixels_option_on_compress_and_decompress(files, sample, tmp_path, capsys):
+    src = tmp_path / "s.gvae"
+    src.write_bytes(sample)  # 40x56: 4096 pixels when padded to 64
+    args = ["-c", files / "tiny.pt", "--max-pixels"]
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae", *args, 4095),
+                          match="is 40x56 pixels (4096 when padded to multiples of 64), more than max_pixels=4095")
+    assert_one_line_error(*run(capsys, "decompress", src, "-o", tmp_path / "o.png", *args, 4095), match="max_pixels=4095")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.gvae"]
+    assert run(capsys, "decompress", src, "-o", tmp_path / "o.png", *args, 4096)[0] == 0
+    assert run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae", *args, 0)[0] == 0  # 0: no limit
+    assert_one_line_error(*run(capsys, "decompress", src, "-o", tmp_path / "p.png", *args, -5), match="0 (no limit)")
+
+
+def test_compress_refuses_a_header_claiming_a_huge_image(files, tmp_path, capsys):
+    """Reported: a 185-byte PNG claiming 9000x9000 ran 22 s to 7.9 GB."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    assert_one_line_error(*run(capsys, "compress", bomb, "-o", tmp_path / "o.gvae", "-c", files / "tiny.pt"),
+                          match="is 9000x9000 pixels")
+    assert not (tmp_path / "o.gvae").exists()
+
+
+def test_info_refuses_devices(capsys):
+    """Reported: ``info /dev/zero`` grew to 5 GB, then "MemoryError:" with an empty message."""
+    assert_one_line_error(*run(capsys, "info", "/dev/zero"), match="/dev/zero is not a regular file")
+
+
+def test_checkpoint_directory_is_named_as_such(files, tmp_path, capsys):
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae", "-c", tmp_path),
+                          match="is a directory, not a checkpoint file")
+
+
+def test_malformed_checkpoint_is_not_an_internal_error(files, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "gainedvae-checkpoint", "version": 1, "model": "nope", "state_dict": {}}, bad)
+    line = assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae", "-c", bad),
+                                 match="unknown model 'nope'")
+    assert "internal error" not in line and str(bad) in line
+
+
+def test_missing_output_folder_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "o.gvae"
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", out, "-c", files / "tiny.pt"),
+                          match=f"folder {out.parent} does not exist")
+    assert not (tmp_path / "no").exists()
+
+
+def test_unwritable_output_is_named(files, tmp_path, capsys, monkeypatch):
+    """Reported: the error named the temporary file, not the output."""
+    import tempfile
+
+    def refuse(prefix, suffix, dir):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "x1y2" + suffix))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "o.gvae"
+    line = assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", out, "-c", files / "tiny.pt"),
+                                 match=f"Permission denied: {out}")
+    assert ".tmp" not in line
+
+
+def test_quality_is_reported_with_all_digits(files, tmp_path, capsys):
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", tmp_path / "o.gvae", "-c", files / "tiny.pt",
+                               "-q", "0.9999999999"), match="quality 0.9999999999 is outside")
+
+
+def test_animated_gif_warns_with_frame_count(files, tmp_path, capsys):
+    gif = tmp_path / "anim.gif"
+    frames = [Image.new("RGB", (16, 8), (v, v, v)) for v in (0, 100, 200, 250)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=40)
+    rc, out, err = run(capsys, "compress", gif, "-o", tmp_path / "o.gvae", "-c", files / "tiny.pt")
+    assert rc == 0 and err.splitlines() == [f"gainedvae: warning: {gif}: animated image with 4 frames; only the first frame is coded"]
+
+
+def test_decode_errors_name_the_input(files, sample, tmp_path, capsys):
+    n = sample[6]
+    body = sample[: 23 + n] + struct.pack(">II", 4096, 4096) + sample[31 + n : -4]
+    bomb = tmp_path / "bomb.gvae"
+    bomb.write_bytes(body + struct.pack(">I", zlib.crc32(body)))
+    line = assert_one_line_error(*run(capsys, "decompress", bomb, "-o", tmp_path / "o.png", "-c", files / "tiny.pt"))
+    assert line.startswith(f"gainedvae: error: {bomb}: a stream of ") and "cannot code" in line, line
+    assert not (tmp_path / "o.png").exists()

@@ -228,3 +228,89 @@ def test_compiled_training_gives_the_eager_losses(image_dir, tmp_path):
     b = [json.loads(ln)["loss"] for ln in (comp.parent / "train_log.jsonl").read_text().splitlines()]
     assert len(a) == len(b) == 3
     assert b == pytest.approx(a, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- issue 18: interrupted runs, bad images
+
+
+def _quiet_train(*args, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(*args, **kwargs)
+    return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_temp_files_of_killed_checkpoint_writes_are_removed(image_dir, tmp_path):
+    """Reported: kill -9 during a checkpoint write left 0-byte .ckpt-*.pt.*.tmp / .best.pt.*.tmp files."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in (".ckpt-0000002.pt.k3j9x1.tmp", ".best.pt.a8b7c6.tmp"):
+        (run / name).write_bytes(b"")
+    (run / "notes.tmp").write_text("mine")  # not a checkpoint temp file: kept
+    _, warned = _quiet_train(cfg(image_dir, run, steps=2), progress=False)
+    assert not list(run.glob(".*.tmp")) and (run / "notes.tmp").exists()
+    assert any("removed 2 temporary file(s) of an interrupted checkpoint write" in w for w in warned), warned
+
+
+def test_resume_drops_a_torn_last_log_line(image_dir, tmp_path):
+    """Reported: a torn last line of train_log.jsonl blocked --resume with "Expecting ',' delimiter"."""
+    run = tmp_path / "run"
+    train(cfg(image_dir, run, steps=4, save_every=2, keep=5), progress=False)
+    (run / "ckpt-0000004.pt").unlink()
+    with open(run / "train_log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.2')  # killed while appending
+    _, warned = _quiet_train(cfg(image_dir, run, steps=4, save_every=2, keep=5), resume="latest", progress=False)
+    assert any("train_log.jsonl: dropping its torn last line 5" in w for w in warned), warned
+    assert [json.loads(ln)["step"] for ln in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_names_a_corrupt_log_line(image_dir, tmp_path):
+    run = tmp_path / "run"
+    train(cfg(image_dir, run, steps=2, save_every=2), progress=False)
+    lines = (run / "train_log.jsonl").read_text().splitlines()
+    (run / "train_log.jsonl").write_text(lines[0] + "\n" + "garbage{\n" + "\n".join(lines[1:]) + "\n")
+    with pytest.raises(TrainingError, match=r"train_log.jsonl: line 2 is not a valid log record"):
+        train(cfg(image_dir, run, steps=2, save_every=2), resume="latest", progress=False)
+
+
+def test_unreadable_images_are_skipped_with_a_count(image_dir, tmp_path):
+    """Reported: one corrupt, truncated or 0-byte image stopped the run at step 0 (also a
+    truncated JPEG picked as validation image)."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
+    for p in sorted(image_dir.iterdir()):
+        (root / "train" / p.name).write_bytes(p.read_bytes())
+    (root / "train" / "empty.png").write_bytes(b"")
+    (root / "train" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(50))
+    jpeg = tmp_path / "full.jpg"
+    Image.new("RGB", (64, 64), (90, 20, 200)).save(jpeg, quality=90)
+    (root / "train" / "cut.jpg").write_bytes(jpeg.read_bytes()[:300])
+    (root / "val" / "cut.jpg").write_bytes(jpeg.read_bytes()[:300])
+    (root / "val" / "ok.png").write_bytes((image_dir / "img0.png").read_bytes())
+    final, warned = _quiet_train(cfg(root, tmp_path / "run", steps=6, batch_size=4, save_every=6, val_every=6), progress=False)
+    assert final.name == "ckpt-0000006.pt"
+    train_warnings = [w for w in warned if "unreadable training image" in w]
+    assert train_warnings and all("of 9 unreadable so far" in w for w in train_warnings)
+    assert {w.split("cannot read image ")[1].split(":")[0].rsplit("/", 1)[1] for w in train_warnings} <= {"empty.png", "garbage.png", "cut.jpg"}
+    assert any("unreadable validation image (1 of 2 so far)" in w and "cut.jpg" in w for w in warned), warned
+    val = [json.loads(ln) for ln in (tmp_path / "run" / "val_log.jsonl").read_text().splitlines()]
+    assert len(val) == 2  # the readable validation image, both levels
+
+
+def test_a_skipped_image_is_replaced_deterministically(image_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    images = [str(p) for p in sorted(image_dir.iterdir())]
+    refs = images[:2] + [str(bad)] + images[2:]
+    with pytest.warns(UserWarning, match=r"\(1 of 7 unreadable so far\)"):
+        a = PatchDataset(refs, patch_size=32)[(2, 11)]
+    b = PatchDataset(images, patch_size=32)[(2, 11)]  # the next readable image, same crop
+    assert torch.equal(a, b)
+    with pytest.raises(DataError, match="none of the 1 training images"):
+        with pytest.warns(UserWarning):
+            PatchDataset([str(bad)], patch_size=32)[0]
