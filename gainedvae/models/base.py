@@ -144,6 +144,15 @@ class GainedModel:
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(y)
 
+    def _coding_params(self, z_hat: Tensor, q: Tensor) -> Tensor:
+        """``h_s(z_hat × IG_z(q))`` as :meth:`compress_analysed` and :meth:`decompress`
+        hand it to the ``_y_*`` coders (the encoder and the decoder call this one
+        method). Float here: the context models feed decoded values back through
+        float layers anyway, so their files are platform-bound (README); the
+        hyperprior models override it with the fixed-point path of
+        :mod:`gainedvae.exact`, bit-identical on every machine."""
+        return self.h_s(z_hat * self.gain.z_inv(q))
+
     def _synthesis_transform(self, y_hat: Tensor, z_dec: Tensor) -> Tensor:
         """``g_s`` of the inverse-gained ``y_hat`` (``z_dec``: inverse-gained ``z_hat``)."""
         return self.g_s(y_hat)
@@ -198,7 +207,7 @@ class GainedModel:
         z = self._hyper_analysis(y) * self.gain.z(q)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        y_strings = self._y_compress(y, self.h_s(z_hat * self.gain.z_inv(q)))
+        y_strings = self._y_compress(y, self._coding_params(z_hat, q))
         return {"strings": [y_strings, z_strings], "shape": (int(shape[0]), int(shape[1]))}
 
     def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
@@ -211,7 +220,7 @@ class GainedModel:
         h, w = int(shape[0]), int(shape[1])
         z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
         z_dec = z_hat * self.gain.z_inv(q)
-        y_hat = self._y_decompress(strings[0], self.h_s(z_dec))
+        y_hat = self._y_decompress(strings[0], self._coding_params(z_hat, q))
         x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
         return {"x_hat": x_hat[..., :h, :w]}
 
