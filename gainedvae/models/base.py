@@ -171,8 +171,11 @@ class GainedModel:
         Returns:
             ``{"x_hat", "likelihoods": {"y", "z"}}`` as in CompressAI; ``x_hat``
             is cropped to ``x``'s size, the likelihoods cover the padded latents.
-            In eval mode ``x_hat`` is exactly what :meth:`decompress` returns
-            (before clamping).
+            In eval mode without gradients (evaluation) the entropy parameters
+            come from :meth:`_coding_params`, the fixed-point path the codec uses,
+            so ``x_hat`` is exactly what :meth:`decompress` returns (before
+            clamping) and the likelihoods are those of the real coder; training
+            (or any pass with gradients) uses the float ``h_s``.
         """
         q = self.quality_tensor(level, quality)
         if q.dim() == 1 and q.numel() != x.size(0):
@@ -182,7 +185,13 @@ class GainedModel:
         z = self._hyper_analysis(y) * self.gain.z(q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         z_dec = z_hat * self.gain.z_inv(q)
-        y_hat, y_likelihoods = self._y_forward(y, self.h_s(z_dec))
+        if self.training or torch.is_grad_enabled():
+            params = self.h_s(z_dec)  # training: the float, differentiable h_s
+        elif q.dim() == 0:
+            params = self._coding_params(z_hat, q)  # evaluation: what the coder uses
+        else:
+            params = torch.cat([self._coding_params(z_hat[i : i + 1], q[i]) for i in range(q.numel())])
+        y_hat, y_likelihoods = self._y_forward(y, params)
         x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec)
         return {
             "x_hat": x_hat[..., :h, :w],
