@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import decimal
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

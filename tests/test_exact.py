@@ -1,6 +1,5 @@
 """The fixed-point hyper path (gainedvae.exact) and the stored entropy tables (issue 17)."""
 
-import json
 import math
 import os
 import subprocess
