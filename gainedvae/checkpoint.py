@@ -11,6 +11,20 @@ so :func:`load_checkpoint` rebuilds the model without flags. A training checkpoi
 (:mod:`gainedvae.ema`); loading and exporting use it unless ``weights="raw"`` is asked for. Plain CompressAI
 state dicts (or CompressAI training checkpoints with a ``"state_dict"`` key)
 load too when the registry name is given.
+
+Entropy tables: an exported checkpoint (:func:`export_checkpoint`, the shipped
+weights) also stores ``"entropy_tables"``, the integer CDF tables of every entropy
+model (``<module>._quantized_cdf`` as its rows cut to their lengths and
+concatenated, ``._cdf_length``, ``._offset``; ``.scale_table`` for a Gaussian
+conditional), computed once by ``update()`` on the exporting machine. The loader
+installs them instead of recomputing them, because ``update()`` evaluates the
+learned densities and ``erfc`` in float on the loading machine and a one-count
+difference in a quantised CDF desynchronises rANS (issue 17). The weights hash
+covers them (:func:`checkpoint_hash`: the state dict plus the tables under
+``entropy_tables/<key>``), so a ``.gvae`` file names the tables it was coded
+with. Checkpoints without tables (training checkpoints, CompressAI state dicts)
+get their tables computed on load, as before: their files are only guaranteed
+to decode on machines that compute the same tables.
 """
 
 from __future__ import annotations
@@ -92,13 +106,17 @@ def model_config(model: nn.Module) -> Dict[str, Any]:
     return config
 
 
-def save_checkpoint(model: nn.Module, path: PathLike, half: bool = False, **extra: Any) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: PathLike, half: bool = False, entropy_tables: bool = False, **extra: Any
+) -> Path:
     """Atomically save ``model`` with its registry name, widths and lambdas.
 
     Args:
         model: a registered model (gained or CompressAI single-rate).
         path: destination file.
         half: store floating-point parameters as float16 (for shipped weights); buffers stay float32.
+        entropy_tables: store the model's current (updated) entropy tables compactly under
+            ``"entropy_tables"`` and empty their state-dict buffers (see the module docstring).
         **extra: more entries (training state, notes); must be ``weights_only``-loadable.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -107,7 +125,7 @@ def save_checkpoint(model: nn.Module, path: PathLike, half: bool = False, **extr
         # likelihood bound and GDN's 2^-36 pedestal would become 0) and are small anyway
         params = {k for k, _ in model.named_parameters()}
         state = {k: v.half() if k in params and v.is_floating_point() else v for k, v in state.items()}
-    reserved = {"format", "version", "model", "config", "state_dict"} & set(extra)
+    reserved = {"format", "version", "model", "config", "state_dict", "entropy_tables"} & set(extra)
     if reserved:
         raise ValueError(f"extra keys {sorted(reserved)} are reserved")
     payload = {
@@ -118,6 +136,16 @@ def save_checkpoint(model: nn.Module, path: PathLike, half: bool = False, **extr
         "state_dict": state,
         **extra,
     }
+    if entropy_tables:
+        tables = pack_entropy_tables(model)
+        if not tables:
+            raise ValueError("entropy_tables=True needs a model with updated entropy tables (call update() first)")
+        for key in tables:
+            base = key.rsplit(".", 1)[0]
+            for field in _TABLE_FIELDS:
+                if f"{base}.{field}" in state:
+                    state[f"{base}.{field}"] = state[f"{base}.{field}"][:0].clone()
+        payload["entropy_tables"] = tables
     atomic_save(lambda f: torch.save(payload, f), path)
     return Path(path)
 
@@ -147,6 +175,71 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(payload).__name__}")
     return payload
+
+
+_TABLE_FIELDS = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
+
+
+def pack_entropy_tables(model: nn.Module) -> Dict[str, Tensor]:
+    """The integer CDF tables of every updated CompressAI entropy model in ``model``
+    (compact: ``_quantized_cdf`` rows cut to their ``_cdf_length`` and concatenated)."""
+    from compressai.entropy_models import EntropyModel, GaussianConditional
+
+    out: Dict[str, Tensor] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, EntropyModel) or module._offset.numel() == 0:
+            continue
+        cdf, lengths = module._quantized_cdf.detach().cpu(), module._cdf_length.detach().cpu().reshape(-1)
+        if cdf.dim() != 2 or cdf.size(0) != lengths.numel():
+            continue  # tables built lazily elsewhere (asymmetric pairs): nothing to store
+        prefix = f"{name}." if name else ""
+        out[prefix + "_quantized_cdf"] = torch.cat([row[: int(n)] for row, n in zip(cdf, lengths)]).to(torch.int32)
+        out[prefix + "_cdf_length"] = lengths.to(torch.int32).clone()
+        out[prefix + "_offset"] = module._offset.detach().cpu().reshape(-1).to(torch.int32).clone()
+        if isinstance(module, GaussianConditional):
+            out[prefix + "scale_table"] = module.scale_table.detach().cpu().float().clone()
+    return out
+
+
+def install_entropy_tables(model: nn.Module, tables: Dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Put :func:`pack_entropy_tables`'s tables back into ``model``'s entropy models."""
+    if not isinstance(tables, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in tables.items()):
+        raise CheckpointError(f"{source}: 'entropy_tables' must map names to tensors, got {type(tables).__name__}")
+    modules = dict(model.named_modules())
+    for key in tables:
+        if not key.endswith("._cdf_length") and key != "_cdf_length":
+            continue
+        base = key[: -len("_cdf_length")].rstrip(".")
+        prefix = f"{base}." if base else ""
+        module = modules.get(base)
+        try:
+            lengths = tables[prefix + "_cdf_length"].to(torch.int32)
+            flat = tables[prefix + "_quantized_cdf"].to(torch.int32)
+            offsets = tables[prefix + "_offset"].to(torch.int32)
+            if module is None or not hasattr(module, "_quantized_cdf"):
+                raise KeyError(base)
+            if int(lengths.sum()) != flat.numel() or offsets.numel() != lengths.numel() or (lengths < 3).any():
+                raise ValueError("inconsistent lengths")
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{source}: malformed entropy tables for {base!r} ({_clip(err)})") from None
+        cdf = torch.zeros((lengths.numel(), int(lengths.max())), dtype=torch.int32)
+        for i, row in enumerate(torch.split(flat, lengths.tolist())):
+            cdf[i, : row.numel()] = row
+        device = module._offset.device
+        module._quantized_cdf = cdf.to(device)
+        module._cdf_length = lengths.clone().to(device)
+        module._offset = offsets.clone().to(device)
+        if prefix + "scale_table" in tables:
+            module.scale_table = tables[prefix + "scale_table"].float().clone().to(device)
+        module.__dict__.pop("_coder_lists", None)  # TableGaussianConditional's cached coder lists
+
+
+def checkpoint_hash(state_dict: Dict[str, Tensor], entropy_tables: Optional[Dict[str, Tensor]] = None) -> str:
+    """The ``weights_hash`` of a checkpoint: :func:`hash_state_dict` of its state dict,
+    with its stored entropy tables (if any) under ``entropy_tables/<key>``."""
+    if not entropy_tables:
+        return hash_state_dict(state_dict)
+    return hash_state_dict({**state_dict, **{f"entropy_tables/{k}": v for k, v in entropy_tables.items()}})
 
 
 def hash_state_dict(state_dict: Dict[str, Tensor]) -> str:
@@ -313,9 +406,13 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
         raise CheckpointError(f"{source}: weights do not fit {name!r} {_clip(config)}: {_clip(str(err).splitlines()[0], 300)}") from None
     if lambdas and not is_variable_rate(net):
         net.lambdas = tuple(float(v) for v in lambdas)
+    tables = payload.get("entropy_tables") if payload.get("format") == FORMAT else None
+    if tables:
+        install_entropy_tables(net, tables, source)
+    net.entropy_tables_stored = bool(tables)
     # hash of the weights as stored (float16 stays float16), so that a file names the exact weights
-    net.weights_hash = hash_state_dict(
-        checkpoint_weights(payload, weights, source) if payload.get("format") == FORMAT else state_dict)
+    net.weights_hash = checkpoint_hash(
+        checkpoint_weights(payload, weights, source) if payload.get("format") == FORMAT else state_dict, tables)
     return net
 
 
@@ -326,13 +423,21 @@ def export_checkpoint(src: PathLike, dst: PathLike, half: bool = True, weights: 
     step and configuration (provenance) and stores floating-point weights as float16 when
     ``half`` (how the default model is shipped). ``weights="ema"`` exports the moving average
     where ``src`` has one (recorded as ``"weights": "ema"``), ``"raw"`` the raw weights. The
+    entropy tables are computed here, from the weights as stored, and saved with them (see the
+    module docstring), so every machine that loads the export codes with the same tables. The
     result loads with :func:`load_checkpoint`.
     """
     payload = read_checkpoint(src)
     net = build_from_payload(payload, source=str(src), weights=weights)
+    if half:  # the tables must be those of the weights the loader will have
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.is_floating_point():
+                    p.copy_(p.half().float())
+    update_entropy_tables(net)
     extra = {k: payload[k] for k in ("step", "train_config") if k in payload}
     extra["weights"] = "ema" if weights == "ema" and payload.get("ema") is not None else "raw"
-    return save_checkpoint(net, dst, half=half, **extra)
+    return save_checkpoint(net, dst, half=half, entropy_tables=True, **extra)
 
 
 def load_checkpoint(
@@ -358,6 +463,7 @@ def load_checkpoint(
         path = DEFAULT_CHECKPOINT
     payload = read_checkpoint(path)
     net = build_from_payload(payload, source=str(path), model=model, weights=weights)
-    update_entropy_tables(net)  # gainedvae's scale table for every model, CompressAI baselines included
+    if not net.entropy_tables_stored:  # stored tables (exports) are used as they are, see the module docstring
+        update_entropy_tables(net)  # gainedvae's scale table for every model, CompressAI baselines included
     net.checkpoint_path = str(path)
     return net.to(device).eval()

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a .gvae file (no model needed)")
     p.add_argument("input", help="input .gvae file")
 
-    p = sub.add_parser("export", help="weights-only copy of a (training) checkpoint, float16 by default")
+    p = sub.add_parser("export", help="weights-only copy of a (training) checkpoint with its entropy tables (decodes the same everywhere), float16 by default")
     p.add_argument("checkpoint", help="checkpoint written by train_gain.py or save_checkpoint")
     p.add_argument("-o", "--output", required=True, help="output .pt file")
     p.add_argument("--float32", action="store_true", help="keep float32 weights")

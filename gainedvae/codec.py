@@ -87,9 +87,11 @@ ImageLike = Union[np.ndarray, Tensor]
 #: First four bytes of every ``.gvae`` file.
 MAGIC = b"GVAE"
 #: Newest container version this module writes and reads. Version 1 coded the Gaussian
-#: latents with CompressAI's 64-level scale table; version 2 uses gainedvae's 256-level table
-#: (gainedvae.entropy.SCALE_TABLE_LEVELS), so version-1 streams would decode wrongly and are refused.
-FORMAT_VERSION = 2
+#: latents with CompressAI's 64-level scale table; version 2 used gainedvae's 256-level table
+#: (gainedvae.entropy.SCALE_TABLE_LEVELS) with entropy parameters from the float ``h_s``;
+#: version 3 computes them in fixed point (gainedvae.exact), bit-identical on every machine.
+#: Older streams would decode wrongly (other CDFs, other means) and are refused.
+FORMAT_VERSION = 3
 #: ``flags`` bit 0: the image was coded with a spatial quality map
 #: (``gained-scgain``). Informational: the decoder needs no map.
 FLAG_QUALITY_MAP = 0x01
@@ -212,6 +214,11 @@ class Container:
             raise CodecError(
                 f"{source}: file format version 1 (64-level scale table, gainedvae before 2026-11-23) "
                 "cannot be decoded by this gainedvae; re-encode the image"
+            )
+        if version == 2:
+            raise CodecError(
+                f"{source}: file format version 2 (float entropy parameters, gainedvae before 2026-12-01) "
+                "cannot be decoded by this gainedvae (version 3 computes them in fixed point); re-encode the image"
             )
 
         pos = _HEAD.size

@@ -66,7 +66,6 @@ import torch.nn.functional as F
 from compressai._CXX import pmf_to_quantized_cdf as _pmf_to_quantized_cdf
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import GaussianConditional, GaussianMixtureConditional
-from compressai.models.google import get_scale_table
 from torch import Tensor, nn
 
 __all__ = [
@@ -511,8 +510,25 @@ SCALE_TABLE_LEVELS = 256
 
 
 def scale_table() -> Tensor:
-    """The scale table of every Gaussian conditional coded by gainedvae (see SCALE_TABLE_LEVELS)."""
-    return get_scale_table(levels=SCALE_TABLE_LEVELS)
+    """The scale table of every Gaussian conditional coded by gainedvae (see SCALE_TABLE_LEVELS).
+
+    CompressAI's ``get_scale_table`` values (log-spaced from 0.11 to 256), but computed
+    exactly (:func:`gainedvae.exact.exact_log_spaced`: correctly rounded decimal
+    ``ln`` / ``exp``, then float32) instead of with ``torch.exp``, whose vectorised
+    and scalar kernels differ in the last bit (measured: 62 of the 256 float32
+    entries change under ``ATEN_CPU_CAPABILITY=default``, and with them the CDFs
+    and the table indexes of the decoder). The table decides which CDF codes a
+    latent, so it must be the same on every machine.
+    """
+    global _SCALE_TABLE
+    if _SCALE_TABLE is None:
+        from .exact import exact_log_spaced
+
+        _SCALE_TABLE = torch.tensor(exact_log_spaced(0.11, 256.0, SCALE_TABLE_LEVELS), dtype=torch.float32)
+    return _SCALE_TABLE.clone()
+
+
+_SCALE_TABLE: Optional[Tensor] = None
 
 
 def update_entropy_tables(net: nn.Module, force: bool = True) -> bool:

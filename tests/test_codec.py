@@ -110,7 +110,7 @@ def test_container_layout_is_as_documented(net, image):
     data = codec.encode(net, image, 2.75)
     name = b"gained-mbt2018-mean"
     n = len(name)
-    assert data[:4] == b"GVAE" and data[4] == 2 and data[5] == 0 and data[6] == n
+    assert data[:4] == b"GVAE" and data[4] == 3 and data[5] == 0 and data[6] == n
     assert data[7 : 7 + n] == name
     identity = codec.model_identity(net)
     assert data[7 + n : 23 + n].hex() == identity[1] and len(identity[1]) == 32
@@ -297,14 +297,23 @@ def test_search_handles_a_rate_jump():
 
 
 def test_decoding_is_deterministic_across_threads_and_runs(net):
+    """Files and decoded latents are identical whatever the thread count (the fixed-point
+    hyper path); the float synthesis may differ in the last bits (docs/format.md), so the
+    images are compared in 8 bits, within one level."""
     x = torch.rand(1, 3, 67, 93)
-    files, images = [], []
-    for threads in (1, 2, 1, 2):
-        torch.set_num_threads(threads)
-        files.append(codec.encode(net, x, 2.7))
-        images.append(codec.decode(net, files[0]))
+    files, images, latents = [], [], []
+    inner = net._y_decompress
+    try:
+        net._y_decompress = lambda *a, **k: latents.append(inner(*a, **k)) or latents[-1]
+        for threads in (1, 2, 1, 2):
+            torch.set_num_threads(threads)
+            files.append(codec.encode(net, x, 2.7))
+            images.append(codec.tensor_to_image(codec.decode(net, files[0])).astype(int))
+    finally:
+        del net._y_decompress
     assert all(f == files[0] for f in files)
-    assert all(torch.equal(i, images[0]) for i in images)
+    assert all(torch.equal(v, latents[0]) for v in latents)
+    assert all(abs(i - images[0]).max() <= 1 for i in images)
 
 
 def test_other_weights_are_refused_naming_both(net, image):
@@ -349,7 +358,8 @@ def test_hostile_containers_give_clear_errors(net, sample):
         (b"PNG\x89" + sample[4:], "not a gainedvae file"),
         (b"GV", "not a gainedvae file"),
         (sample[:6], "truncated"),
-        (recrc(sample[:4] + b"\x03" + sample[5:-4]), "file format version 3 is newer than this gainedvae supports \\(2\\)"),
+        (recrc(sample[:4] + b"\x04" + sample[5:-4]), "file format version 4 is newer than this gainedvae supports \\(3\\)"),
+        (recrc(sample[:4] + b"\x02" + sample[5:-4]), "version 2 .*fixed point.*re-encode"),
         (recrc(sample[:4] + b"\x01" + sample[5:-4]), "version 1 .*re-encode"),
         (recrc(sample[:4] + b"\x00" + sample[5:-4]), "version 0"),
         (sample[:-1], "truncated"),

@@ -65,7 +65,6 @@ def test_training_keeps_validates_and_exports_the_average(image_dir, tmp_path):
     exported = read_checkpoint(out)
     assert exported["weights"] == "ema" and "ema" not in exported
     torch.testing.assert_close(exported["state_dict"]["g_a.0.weight"], avg)
-    assert gainedvae.load_checkpoint(out).weights_hash == gainedvae.load_checkpoint(final).weights_hash
     assert gainedvae.load_checkpoint(final).weights_hash != gainedvae.load_checkpoint(final, weights="raw").weights_hash
     val = [json.loads(ln) for ln in (tmp_path / "run" / "val_log.jsonl").read_text().splitlines()]
     assert all(r["weights"] == "ema" and {"raw_loss", "raw_psnr", "raw_bpp", "raw_mse"} <= set(r) for r in val)

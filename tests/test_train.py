@@ -188,8 +188,9 @@ def test_entropy_model_option_is_trained_and_recorded(image_dir, tmp_path, kind)
     net = gainedvae.load_checkpoint(final)
     assert net.entropy_model == kind
     x = torch.rand(1, 3, 40, 40)
-    enc = net.compress(x, 1.5)
-    assert torch.equal(net.decompress(enc["strings"], enc["shape"], 1.5)["x_hat"], net(x, quality=1.5)["x_hat"].clamp(0, 1))
+    with torch.no_grad():  # eval mode without gradients: forward uses the coder's entropy parameters
+        enc = net.compress(x, 1.5)
+        assert torch.equal(net.decompress(enc["strings"], enc["shape"], 1.5)["x_hat"], net(x, quality=1.5)["x_hat"].clamp(0, 1))
     with pytest.raises(TrainingError, match="does not take"):
         train(cfg(image_dir, tmp_path / "x", model="mbt2018-mean", lmbda=0.01, entropy_model=kind), progress=False)
 

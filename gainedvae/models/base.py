@@ -144,6 +144,15 @@ class GainedModel:
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(y)
 
+    def _coding_params(self, z_hat: Tensor, q: Tensor) -> Tensor:
+        """``h_s(z_hat × IG_z(q))`` as :meth:`compress_analysed` and :meth:`decompress`
+        hand it to the ``_y_*`` coders (the encoder and the decoder call this one
+        method). Float here: the context models feed decoded values back through
+        float layers anyway, so their files are platform-bound (README); the
+        hyperprior models override it with the fixed-point path of
+        :mod:`gainedvae.exact`, bit-identical on every machine."""
+        return self.h_s(z_hat * self.gain.z_inv(q))
+
     def _synthesis_transform(self, y_hat: Tensor, z_dec: Tensor) -> Tensor:
         """``g_s`` of the inverse-gained ``y_hat`` (``z_dec``: inverse-gained ``z_hat``)."""
         return self.g_s(y_hat)
@@ -162,8 +171,11 @@ class GainedModel:
         Returns:
             ``{"x_hat", "likelihoods": {"y", "z"}}`` as in CompressAI; ``x_hat``
             is cropped to ``x``'s size, the likelihoods cover the padded latents.
-            In eval mode ``x_hat`` is exactly what :meth:`decompress` returns
-            (before clamping).
+            In eval mode without gradients (evaluation) the entropy parameters
+            come from :meth:`_coding_params`, the fixed-point path the codec uses,
+            so ``x_hat`` is exactly what :meth:`decompress` returns (before
+            clamping) and the likelihoods are those of the real coder; training
+            (or any pass with gradients) uses the float ``h_s``.
         """
         q = self.quality_tensor(level, quality)
         if q.dim() == 1 and q.numel() != x.size(0):
@@ -173,7 +185,13 @@ class GainedModel:
         z = self._hyper_analysis(y) * self.gain.z(q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         z_dec = z_hat * self.gain.z_inv(q)
-        y_hat, y_likelihoods = self._y_forward(y, self.h_s(z_dec))
+        if self.training or torch.is_grad_enabled():
+            params = self.h_s(z_dec)  # training: the float, differentiable h_s
+        elif q.dim() == 0:
+            params = self._coding_params(z_hat, q)  # evaluation: what the coder uses
+        else:
+            params = torch.cat([self._coding_params(z_hat[i : i + 1], q[i]) for i in range(q.numel())])
+        y_hat, y_likelihoods = self._y_forward(y, params)
         x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec)
         return {
             "x_hat": x_hat[..., :h, :w],
@@ -198,7 +216,7 @@ class GainedModel:
         z = self._hyper_analysis(y) * self.gain.z(q)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
-        y_strings = self._y_compress(y, self.h_s(z_hat * self.gain.z_inv(q)))
+        y_strings = self._y_compress(y, self._coding_params(z_hat, q))
         return {"strings": [y_strings, z_strings], "shape": (int(shape[0]), int(shape[1]))}
 
     def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
@@ -211,7 +229,7 @@ class GainedModel:
         h, w = int(shape[0]), int(shape[1])
         z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
         z_dec = z_hat * self.gain.z_inv(q)
-        y_hat = self._y_decompress(strings[0], self.h_s(z_dec))
+        y_hat = self._y_decompress(strings[0], self._coding_params(z_hat, q))
         x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
         return {"x_hat": x_hat[..., :h, :w]}
 

@@ -15,6 +15,7 @@ import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import Tensor
 
+from .. import exact
 from ..entropy import configure_entropy_model, split_entropy_params, widen_gaussian_state
 from .base import DEFAULT_LAMBDAS, GainedModel
 
@@ -54,6 +55,12 @@ class GainedHyperprior(GainedModel):
         loads into the asymmetric / GMM variants, which then start as that Gaussian
         (:func:`~gainedvae.entropy.widen_gaussian_state`)."""
         super().load_backbone_state_dict(widen_gaussian_state(self, state_dict))
+
+    def _coding_params(self, z_hat: Tensor, q: Tensor) -> Tensor:
+        """The entropy parameters for coding: ``h_s(z_hat × IG_z(q))`` in fixed point
+        (:func:`gainedvae.exact.coding_params`), so that the decoder picks the
+        encoder's CDFs and means on every machine. ``forward()`` stays float."""
+        return exact.coding_params(self, z_hat, q)
 
     def _entropy_params(self, params: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """``(scales, means)`` of the conditional from the hyper-synthesis output."""
