@@ -497,7 +497,12 @@ def tensor_to_image(x: Tensor) -> np.ndarray:
         x = x[0]
     if x.dim() != 3 or x.shape[0] != 3:
         raise CodecError(f"expected an image tensor of shape (3, H, W), got {tuple(x.shape)}")
-    return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    x = x.detach()
+    out = torch.empty(x.shape[1], x.shape[2], 3, dtype=torch.uint8)
+    rows = max(1, (1 << 22) // max(1, x.shape[2]))  # ~4 M values per chunk: no full-size float temporaries
+    for r in range(0, x.shape[1], rows):
+        out[r : r + rows] = x[:, r : r + rows].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu()
+    return out.numpy()
 
 
 def save_image(image: ImageLike, path: PathLike) -> Path:
@@ -553,6 +558,21 @@ def _prepare(net: nn.Module, image: ImageLike) -> Tensor:
     return x.to(_model_device(net), torch.float32)
 
 
+def _prepare_uint8(net: nn.Module, image: ImageLike) -> Optional[Tensor]:
+    """A ``uint8`` array as a ``(1, 3, H, W)`` ``uint8`` view for a model whose analysis tiles
+    (it converts each tile to float: no float copy of the whole image); None otherwise."""
+    if getattr(net, "analysis_tiling", None) is None or not isinstance(image, np.ndarray):
+        return None
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        return None  # image_to_tensor's message
+    h, w = image.shape[:2]
+    if not (1 <= h <= MAX_DIM and 1 <= w <= MAX_DIM):
+        raise CodecError(f"image size {h}x{w} is outside 1..{MAX_DIM}")
+    if not image.flags.writeable:
+        image = np.array(image)
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(_model_device(net))
+
+
 def _check_quality(net: nn.Module, quality: float, source: Optional[str] = None) -> float:
     try:
         check_quality(quality, net.levels)
@@ -599,8 +619,10 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None) -> bytes
     """
     identity = model_identity(net)
     q = _check_quality(net, quality)
-    x = _prepare(net, image)
     kw = _qmap_kwargs(net, qmap)
+    x = _prepare_uint8(net, image) if not kw else None  # a tiling model reads uint8 tiles
+    if x is None:
+        x = _prepare(net, image)
     guard_entropy_coders(net)
     with torch.inference_mode():
         try:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..gain import LatentGains, QualityLike, check_quality, level_to_quality
+from ..tiling import Tiling, tiled
 
 #: CompressAI's MSE lambdas for qualities 1..8 (``compressai.zoo``).
 DEFAULT_LAMBDAS: Tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
@@ -44,6 +45,11 @@ def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
     if ph == 0 and pw == 0:
         return x
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def to_float_image(x: Tensor) -> Tensor:
+    """A ``uint8`` image as float in ``[0, 1]`` (``v / 255``); a float image unchanged."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 class GainedModel:
@@ -137,8 +143,22 @@ class GainedModel:
 
     # -- the gained data flow ------------------------------------------------
 
+    #: How ``g_a`` and ``g_s`` run tile by tile without gradients (bounded memory for any image
+    #: size, :mod:`gainedvae.tiling`); ``None``: whole. Set by the families whose transforms are
+    #: CompressAI's 4-layer stride-2 stacks (receptive fields in :mod:`gainedvae.tiling`).
+    analysis_tiling: Optional[Tiling] = None
+    synthesis_tiling: Optional[Tiling] = None
+
     def analysis(self, x: Tensor) -> Tensor:
-        """The quality-independent part of the encoder: ``g_a`` on the padded image."""
+        """The quality-independent part of the encoder: ``g_a`` on the padded image.
+
+        ``x``: float in ``[0, 1]``; where the model tiles (:attr:`analysis_tiling`, no gradients)
+        also ``uint8`` (``/ 255`` per tile, so no float copy of a large image is ever made).
+        """
+        if self.analysis_tiling is not None and not torch.is_grad_enabled():
+            f = self.downsampling_factor
+            size = tuple(-(-int(n) // f) * f for n in x.shape[-2:])
+            return tiled(self.g_a, x, self.analysis_tiling, size=size, prepare=to_float_image)
         return self.g_a(pad_to_multiple(x, self.downsampling_factor))
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
@@ -155,6 +175,8 @@ class GainedModel:
 
     def _synthesis_transform(self, y_hat: Tensor, z_dec: Tensor) -> Tensor:
         """``g_s`` of the inverse-gained ``y_hat`` (``z_dec``: inverse-gained ``z_hat``)."""
+        if self.synthesis_tiling is not None and not torch.is_grad_enabled():
+            return tiled(self.g_s, y_hat, self.synthesis_tiling)
         return self.g_s(y_hat)
 
     def forward(self, x: Tensor, level: Union[int, Tensor, None] = None, quality: Optional[QualityLike] = None,

@@ -31,6 +31,7 @@ from compressai.layers import CheckerboardMaskedConv2d
 from compressai.models import JointAutoregressiveHierarchicalPriors
 from torch import Tensor, nn
 
+from .. import tiling
 from ..entropy import check_latent, rans_decoder
 from .base import DEFAULT_LAMBDAS, GainedModel
 
@@ -159,6 +160,9 @@ class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchi
         lambdas (sequence of float): one lambda per level, increasing
     """
 
+    analysis_tiling = tiling.ANALYSIS  # CompressAI's 4-layer g_a / g_s: tiles without gradients
+    synthesis_tiling = tiling.SYNTHESIS
+
     def __init__(self, N: int = 192, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
         super().__init__(N=N, M=M, **kwargs)
         self._init_gains(lambdas, M, N)
@@ -254,6 +258,9 @@ class GainedCheckerboard(GainedContextModel, JointAutoregressiveHierarchicalPrio
         M (int): channels of ``y``
         lambdas (sequence of float): one lambda per level, increasing
     """
+
+    analysis_tiling = tiling.ANALYSIS  # CompressAI's 4-layer g_a / g_s: tiles without gradients
+    synthesis_tiling = tiling.SYNTHESIS
 
     def __init__(self, N: int = 192, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
         super().__init__(N=N, M=M, **kwargs)

@@ -15,7 +15,7 @@ import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import Tensor
 
-from .. import exact
+from .. import exact, tiling
 from ..entropy import configure_entropy_model, split_entropy_params, widen_gaussian_state
 from .base import DEFAULT_LAMBDAS, GainedModel
 
@@ -43,6 +43,9 @@ class GainedHyperprior(GainedModel):
     The data flow itself is :class:`~gainedvae.models.base.GainedModel`'s;
     this class codes ``y`` with the conditional chosen by ``entropy_model``.
     """
+
+    analysis_tiling = tiling.ANALYSIS
+    synthesis_tiling = tiling.SYNTHESIS
 
     def config_extra(self):
         """Constructor arguments beyond N, M, lambdas that a checkpoint records

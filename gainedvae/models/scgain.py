@@ -141,6 +141,10 @@ class SCGainedMeanScaleHyperprior(GainedMeanScaleHyperprior):
     ``lambdas`` rebuild the model (what checkpoints record).
     """
 
+    # its analysis / synthesis are modulated by the quality map (SFT layers): not tiled
+    analysis_tiling = None
+    synthesis_tiling = None
+
     extra_key_prefixes: Tuple[str, ...] = GainedMeanScaleHyperprior.extra_key_prefixes + (
         "cond_a.",
         "sft_a.",
