@@ -170,7 +170,7 @@ def _batch_outputs(args, inputs: Sequence[str], suffix: str) -> List[Tuple[str, 
     folder = Path(args.output)
     if not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist (it is not created)"
-        raise CLIError(f"with several inputs, -o must be an existing folder: {args.output} {what}")
+        raise CLIError(f"with several inputs (or -o ending in /), -o must be an existing folder: {args.output} {what}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CLIError(f"cannot write outputs: folder {folder} is not writable")
     pairs, seen = [], {}
