@@ -3,13 +3,25 @@
 ::
 
     gainedvae compress IMG -o OUT.gvae [--quality Q | --bpp B | --psnr P] [--checkpoint C] [--force] [--max-pixels N]
+    gainedvae compress IMG [IMG ...] -o DIR/ [options as above]
     gainedvae decompress IN.gvae -o IMG.png [--checkpoint C] [--force] [--max-pixels N]
+    gainedvae decompress IN.gvae [IN.gvae ...] -o DIR/ [options as above]
     gainedvae info IN.gvae
     gainedvae export TRAINING_CKPT -o MODEL.pt [--float32] [--weights ema|raw] [--force]
 
 Every failure prints one line ``gainedvae: error: ...`` to stderr and exits
 with status 2; outputs are written atomically and an existing output is only
 replaced with ``--force``. Set ``GAINEDVAE_DEBUG=1`` to get tracebacks.
+
+With several inputs (or ``-o`` ending in ``/``), ``-o`` is an existing folder
+and each input ``NAME.ext`` is written to ``DIR/NAME.gvae`` (``DIR/NAME.png``):
+the model is loaded once, a failing file prints one error line naming it and
+the others are still coded, a summary line follows, and the exit status is 2
+if any file failed.
+
+Start-up is cheap: ``--help``, ``--version`` and ``info`` import neither torch
+nor CompressAI (the container is read by :mod:`gainedvae.container`);
+``compress`` / ``decompress`` import the codec when they run.
 """
 
 from __future__ import annotations
@@ -17,9 +29,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 PROG = "gainedvae"
 EXIT_ERROR = 2
@@ -49,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{compress,decompress,info,export}", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("compress", help="code an image into a .gvae file")
-    p.add_argument("image", help="input image (any format PIL reads)")
-    p.add_argument("-o", "--output", required=True, help="output .gvae file")
+    p = sub.add_parser("compress", help="code images into .gvae files")
+    p.add_argument("images", nargs="+", metavar="IMG", help="input image(s) (any format PIL reads)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .gvae file; with several inputs (or a trailing /) an existing folder, "
+                        "written as FOLDER/NAME.gvae for each input NAME.ext")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("-q", "--quality", type=float, help="quality in [1, L] (default: middle of the range)")
     rate.add_argument("--bpp", type=float, help="target bits per pixel (rate control)")
@@ -60,14 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qmap", help="spatial quality map for gained-scgain: grayscale image (white = high quality) "
                    "or a number in [0, 1]")
     p.add_argument("-c", "--checkpoint", help="model checkpoint (default: the shipped model)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output (per file)")
     _add_max_pixels(p, "refuse larger input images (checked in the image header before decoding pixels)")
 
-    p = sub.add_parser("decompress", help="decode a .gvae file into an image (PNG by default)")
-    p.add_argument("input", help="input .gvae file")
-    p.add_argument("-o", "--output", required=True, help="output image (.png; format from the extension)")
+    p = sub.add_parser("decompress", help="decode .gvae files into images (PNG by default)")
+    p.add_argument("inputs", nargs="+", metavar="IN.gvae", help="input .gvae file(s)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image (.png; format from the extension); with several inputs (or a trailing /) "
+                        "an existing folder, written as FOLDER/NAME.png for each input NAME.gvae")
     p.add_argument("-c", "--checkpoint", help="model checkpoint (default: the shipped model)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output (per file)")
     _add_max_pixels(p, "refuse files announcing a larger image")
 
     p = sub.add_parser("info", help="describe a .gvae file (no model needed)")
@@ -94,7 +111,7 @@ def _pixel_count(text: str) -> int:
 
 
 def _add_max_pixels(p: argparse.ArgumentParser, what: str) -> None:
-    from .codec import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
+    from .container import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
 
     p.add_argument(
         "--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
@@ -137,58 +154,160 @@ def _load_model(checkpoint: Optional[str]):
     return net
 
 
-def _cmd_compress(args) -> str:
+#: One file's outcome: (the line to print, bytes of its .gvae file, its bpp).
+Done = Tuple[str, int, float]
+#: With more files than this (and stderr a terminal), a progress bar is shown.
+PROGRESS_MIN_FILES = 3
+
+
+def _is_batch(args, inputs: Sequence[str]) -> bool:
+    """Several inputs, or ``-o DIR/``: one output per input, in an existing folder."""
+    return len(inputs) > 1 or args.output.endswith(("/", os.sep))
+
+
+def _batch_outputs(args, inputs: Sequence[str], suffix: str) -> List[Tuple[str, Path]]:
+    """``[(input, DIR/STEM.suffix)]``; refuses a missing folder and two inputs with one output, before any work."""
+    folder = Path(args.output)
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist (it is not created)"
+        raise CLIError(f"with several inputs (or -o ending in /), -o must be an existing folder: {args.output} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write outputs: folder {folder} is not writable")
+    pairs, seen = [], {}
+    for src in inputs:
+        out = folder / (Path(src).stem + suffix)
+        key = os.path.normcase(out.name)
+        if key in seen:
+            raise CLIError(f"inputs {seen[key]} and {src} would both be written to {out}; "
+                           "rename one or code them in separate calls")
+        seen[key] = src
+        pairs.append((src, out))
+    return pairs
+
+
+def _check_single_output(args, inputs: Sequence[str], suffix: str) -> Path:
+    if Path(args.output).is_dir():
+        raise CLIError(f"output {args.output} is a directory (end it with / to write NAME{suffix} into it)")
+    return _check_output(args.output, args.force, inputs)
+
+
+def _compress_file(args, src: str, out: Path, model: Callable) -> Done:
     from . import codec
     from .checkpoint import atomic_write_bytes
 
-    qmap = args.qmap
-    if qmap is not None:
-        try:
-            qmap = float(qmap)  # a uniform map
-        except ValueError:
-            if not Path(qmap).is_file():
-                raise CLIError(f"--qmap {qmap}: expected a number in [0, 1] or a grayscale image file") from None
-    out = _check_output(args.output, args.force, [args.image])
-    image = codec.load_image(args.image, max_pixels=_max_pixels(args))
-    net = _load_model(args.checkpoint)
+    image = codec.load_image(src, max_pixels=_max_pixels(args))
+    net = model()
     h, w = image.shape[:2]
     if args.bpp is not None or args.psnr is not None:
         kw = {} if args.tol is None else {"tol": args.tol}
         if args.bpp is not None:
-            result = codec.encode_to_bpp(net, image, args.bpp, qmap=qmap, **kw)
+            result = codec.encode_to_bpp(net, image, args.bpp, qmap=args.qmap, **kw)
         else:
-            result = codec.encode_to_psnr(net, image, args.psnr, qmap=qmap, **kw)
+            result = codec.encode_to_psnr(net, image, args.psnr, qmap=args.qmap, **kw)
         atomic_write_bytes(out, result.data)
-        return f"{out}: {w}x{h}, {result.summary()}"
+        return f"{out}: {w}x{h}, {result.summary()}", result.nbytes, result.bpp
     quality = args.quality if args.quality is not None else (1 + net.levels) / 2
-    data = codec.encode(net, image, quality, qmap=qmap)
+    data = codec.encode(net, image, quality, qmap=args.qmap)
     atomic_write_bytes(out, data)
     bpp = len(data) * 8 / (h * w)
-    return f"{out}: {w}x{h}, {len(data)} bytes, {bpp:.4f} bpp, quality {quality:g}"
+    return f"{out}: {w}x{h}, {len(data)} bytes, {bpp:.4f} bpp, quality {quality:g}", len(data), bpp
 
 
-def _cmd_decompress(args) -> str:
+def _decompress_file(args, src: str, out: Path, model: Callable) -> Done:
     from . import codec
 
-    out = _check_output(args.output, args.force, [args.input])
-    container = codec.read_container(args.input)  # validate before loading a model
-    net = _load_model(args.checkpoint)
+    container = codec.read_container(src)  # validate before loading a model
+    net = model()
     try:
         x_hat = codec.decode(net, container, max_pixels=_max_pixels(args))
     except codec.CodecError as err:
-        raise CLIError(f"{args.input}: {err}") from None
+        raise CLIError(f"{src}: {err}") from None
     codec.save_image(x_hat, out)
-    return (
-        f"{out}: {container.width}x{container.height} from {args.input} "
-        f"({container.nbytes} bytes, {container.bpp:.4f} bpp, quality {container.quality:g})"
-    )
+    message = (f"{out}: {container.width}x{container.height} from {src} "
+               f"({container.nbytes} bytes, {container.bpp:.4f} bpp, quality {container.quality:g})")
+    return message, container.nbytes, container.bpp
+
+
+def _run_batch(args, inputs: Sequence[str], suffix: str, code_file: Callable) -> Tuple[str, int]:
+    """Code every input into ``-o DIR/``: one model load, per-file errors, a summary line.
+
+    Returns ``(summary, exit status)``: 2 when any file failed.
+    """
+    start = time.perf_counter()
+    pairs = _batch_outputs(args, inputs, suffix)
+    net = _load_model(args.checkpoint)  # one load; a model error stops everything (one line, status 2)
+    debug = bool(os.environ.get("GAINEDVAE_DEBUG"))
+    bar = None
+    if len(pairs) > PROGRESS_MIN_FILES:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pairs), file=sys.stderr, unit="file", disable=None, leave=False)  # None: a terminal only
+    write = bar.write if bar is not None else (lambda text, file=None: print(text, file=file))
+    failed, nbytes, bpps = 0, 0, []
+    try:
+        for src, out in pairs:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                try:
+                    out = _check_output(str(out), args.force, [src])
+                    message, size, bpp = code_file(args, src, out, lambda: net)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:
+                    if debug:
+                        raise
+                    text = _error_text(err)
+                    failed += 1
+                    message = None
+            for w in caught:
+                write(f"{PROG}: warning: {_one_line(w.message)}", file=sys.stderr)
+            if message is None:
+                named = text if src in text else f"{src}: {text}"
+                write(f"{PROG}: error: {_one_line(named)}", file=sys.stderr)
+            else:
+                nbytes += size
+                bpps.append(bpp)
+                write(message, file=sys.stdout)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    ok = len(pairs) - failed
+    mean = f"mean {sum(bpps) / len(bpps):.4f} bpp" if bpps else "mean - bpp"
+    summary = (f"{len(pairs)} files: {ok} ok, {failed} failed; {nbytes} bytes, {mean}; "
+               f"{time.perf_counter() - start:.2f} s")
+    return summary, (EXIT_ERROR if failed else 0)
+
+
+def _cmd_compress(args):
+    qmap = args.qmap
+    if qmap is not None:
+        try:
+            args.qmap = float(qmap)  # a uniform map
+        except ValueError:
+            if not Path(qmap).is_file():
+                raise CLIError(f"--qmap {qmap}: expected a number in [0, 1] or a grayscale image file") from None
+    if _is_batch(args, args.images):
+        return _run_batch(args, args.images, ".gvae", _compress_file)
+    out = _check_single_output(args, args.images, ".gvae")
+    return _compress_file(args, args.images[0], out, lambda: _load_model(args.checkpoint))[0]
+
+
+def _cmd_decompress(args):
+    if _is_batch(args, args.inputs):
+        return _run_batch(args, args.inputs, ".png", _decompress_file)
+    out = _check_single_output(args, args.inputs, ".png")
+    return _decompress_file(args, args.inputs[0], out, lambda: _load_model(args.checkpoint))[0]
 
 
 def _cmd_info(args) -> str:
-    from . import codec
+    from . import container  # torch-free: info needs no model
 
-    c = codec.read_container(args.input)
-    flags = f"0x{c.flags:02x}" + (" (quality map)" if c.flags & codec.FLAG_QUALITY_MAP else "")
+    c = container.read_container(args.input)
+    flags = f"0x{c.flags:02x}" + (" (quality map)" if c.flags & container.FLAG_QUALITY_MAP else "")
     names = ["y", "z"] if len(c.streams) == 2 else [str(i) for i in range(len(c.streams))]
     streams = ", ".join(f"{n}={len(s)}" for n, s in zip(names, c.streams))
     lines = [
@@ -219,8 +338,25 @@ def _cmd_export(args) -> str:
 COMMANDS = {"compress": _cmd_compress, "decompress": _cmd_decompress, "info": _cmd_info, "export": _cmd_export}
 
 
+def _error_text(err: BaseException) -> str:
+    """The message of the one error line for ``err``."""
+    from .container import CodecError
+
+    checkpoint = sys.modules.get(f"{__package__}.checkpoint")  # not imported: no CheckpointError was raised
+    if isinstance(err, (CLIError, CodecError)) or (checkpoint and isinstance(err, checkpoint.CheckpointError)):
+        return str(err)
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        return f"{err.strerror or err}{':' if where else ''}{where}"
+    if isinstance(err, MemoryError):
+        return f"out of memory (MemoryError{': ' + str(err) if str(err) else ''})"
+    if isinstance(err, (ValueError, RuntimeError)):
+        return f"{type(err).__name__}: {err}"
+    return f"internal error: {type(err).__name__}: {err} (set GAINEDVAE_DEBUG=1 for a traceback)"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 error)."""
+    """Run the command line; returns the exit status (0 ok, 2 error or, with several files, any file failed)."""
     debug = bool(os.environ.get("GAINEDVAE_DEBUG"))
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -228,7 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             args = build_parser().parse_args(argv)
-            message = COMMANDS[args.command](args)
+            result = COMMANDS[args.command](args)
     except SystemExit as exc:  # --help / --version
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
@@ -237,26 +373,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as err:  # every failure: one line, no traceback
         if debug:
             raise
-        from .checkpoint import CheckpointError
-        from .codec import CodecError
-
-        if isinstance(err, (CLIError, CodecError, CheckpointError)):
-            text = str(err)
-        elif isinstance(err, OSError):
-            where = f" {err.filename}" if getattr(err, "filename", None) else ""
-            text = f"{err.strerror or err}{':' if where else ''}{where}"
-        elif isinstance(err, MemoryError):
-            text = f"out of memory (MemoryError{': ' + str(err) if str(err) else ''})"
-        elif isinstance(err, (ValueError, RuntimeError)):
-            text = f"{type(err).__name__}: {err}"
-        else:
-            text = f"internal error: {type(err).__name__}: {err} (set GAINEDVAE_DEBUG=1 for a traceback)"
-        print(f"{PROG}: error: {_one_line(text)}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(_error_text(err))}", file=sys.stderr)
         return EXIT_ERROR
     for w in caught:
         print(f"{PROG}: warning: {_one_line(w.message)}", file=sys.stderr)
+    message, status = result if isinstance(result, tuple) else (result, 0)
     print(message)
-    return 0
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

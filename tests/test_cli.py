@@ -367,3 +367,142 @@ def test_decode_errors_name_the_input(files, sample, tmp_path, capsys):
     line = assert_one_line_error(*run(capsys, "decompress", bomb, "-o", tmp_path / "o.png", "-c", files / "tiny.pt"))
     assert line.startswith(f"gainedvae: error: {bomb}: a stream of ") and "cannot code" in line, line
     assert not (tmp_path / "o.png").exists()
+
+
+# --------------------------------------------------------------------------- issue 20: many files per call, instant start
+
+
+@pytest.fixture(scope="module")
+def second_image(files):
+    rng = np.random.default_rng(1)
+    path = files / "b.jpg"
+    Image.fromarray((255 * np.kron(rng.random((6, 9, 3)), np.ones((8, 8, 1)))).astype(np.uint8)).save(path, quality=95)
+    return path
+
+
+def _lines(text):
+    return text.splitlines()
+
+
+def test_batch_codes_every_file_and_isolates_errors(files, second_image, sample, tmp_path, capsys, monkeypatch):
+    """One model load for the whole call; a bad file gives one error line naming it, the others
+    are still coded; the summary counts both; exit status 2; nothing is written for a failed file."""
+    import gainedvae.cli as cli
+
+    loads = []
+    real = cli._load_model
+    monkeypatch.setattr(cli, "_load_model", lambda c: loads.append(c) or real(c))
+    comp = tmp_path / "comp"
+    comp.mkdir()
+    inputs = [files / "img.png", files / "notes.txt", second_image, files / "missing.png"]
+    rc, out, err = run(capsys, "compress", *inputs, "-o", comp, "-c", files / "tiny.pt", "-q", 3)
+    assert rc == 2 and len(loads) == 1
+    errors = _lines(err)
+    assert len(errors) == 2 and all(e.startswith("gainedvae: error: ") for e in errors), err
+    assert str(files / "notes.txt") in errors[0] and "not an image" in errors[0]
+    assert str(files / "missing.png") in errors[1] and "does not exist" in errors[1]
+    assert sorted(p.name for p in comp.iterdir()) == ["b.gvae", "img.gvae"]  # nothing for the failures, no temp files
+    *per_file, summary = _lines(out)
+    assert [line.split(":")[0] for line in per_file] == [str(comp / "img.gvae"), str(comp / "b.gvae")]
+    sizes = [(comp / n).stat().st_size for n in ("img.gvae", "b.gvae")]
+    bpps = [codec.read_container(comp / n).bpp for n in ("img.gvae", "b.gvae")]
+    assert summary.startswith(f"4 files: 2 ok, 2 failed; {sum(sizes)} bytes, mean {sum(bpps) / 2:.4f} bpp; ")
+    assert summary.endswith(" s")
+    net = gainedvae.load_checkpoint(files / "tiny.pt")
+    assert (comp / "img.gvae").read_bytes() == codec.encode(net, codec.load_image(files / "img.png"), 3)
+
+    bad = tmp_path / "bad.gvae"
+    bad.write_bytes(sample[:-10])
+    dec = tmp_path / "dec"
+    dec.mkdir()
+    rc, out, err = run(capsys, "decompress", comp / "img.gvae", bad, comp / "b.gvae", "-o", dec, "-c", files / "tiny.pt")
+    assert rc == 2 and len(loads) == 2
+    (error,) = _lines(err)
+    assert error.startswith(f"gainedvae: error: {bad}") and "truncated" in error
+    assert sorted(p.name for p in dec.iterdir()) == ["b.png", "img.png"]
+    expect = codec.tensor_to_image(codec.decode(net, (comp / "img.gvae").read_bytes()))
+    assert np.array_equal(codec.load_image(dec / "img.png"), expect)
+    assert _lines(out)[-1].startswith(f"3 files: 2 ok, 1 failed; {sum(sizes)} bytes, mean {sum(bpps) / 2:.4f} bpp; ")
+
+    rc, out, err = run(capsys, "decompress", comp / "img.gvae", comp / "b.gvae", "-o", tmp_path, "-c", files / "tiny.pt")
+    assert rc == 0 and err == "" and _lines(out)[-1].startswith("2 files: 2 ok, 0 failed; ")
+
+
+def test_batch_force_and_rate_control_are_per_file(files, second_image, tmp_path, capsys):
+    (tmp_path / "img.gvae").write_bytes(b"precious")
+    args = ["compress", files / "img.png", second_image, "-o", tmp_path, "-c", files / "tiny.pt", "--bpp", 0.8]
+    rc, out, err = run(capsys, *args)
+    assert rc == 2 and (tmp_path / "img.gvae").read_bytes() == b"precious"
+    (error,) = _lines(err)
+    assert f"output {tmp_path / 'img.gvae'} already exists (use --force" in error
+    assert codec.read_container(tmp_path / "b.gvae").nbytes > 0
+    assert _lines(out)[-1].startswith("2 files: 1 ok, 1 failed; ")
+
+    rc, out, err = run(capsys, *args, "--force")
+    assert rc == 0 and err == ""
+    qualities = set()
+    for name in ("img.gvae", "b.gvae"):
+        c = codec.read_container(tmp_path / name)
+        assert abs(c.bpp / 0.8 - 1) <= 0.02  # the target, file by file
+        qualities.add(c.quality)
+    assert len(qualities) == 2 and sum("reached" in line for line in _lines(out)) == 2
+
+
+def test_batch_refuses_clashes_and_bad_folders_before_any_work(files, second_image, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.open(files / "img.png").save(other / "img.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    c = ["-c", files / "tiny.pt"]
+    line = assert_one_line_error(*run(capsys, "compress", files / "img.png", second_image, other / "img.jpg", "-o", out, *c),
+                                 match="would both be written to")
+    assert str(files / "img.png") in line and str(other / "img.jpg") in line and str(out / "img.gvae") in line
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", files / "img.png", "-o", out, *c), match="would both")
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", second_image, "-o", tmp_path / "no", *c),
+                          match="-o must be an existing folder")
+    assert_one_line_error(*run(capsys, "decompress", "a.gvae", "b.gvae", "-o", files / "img.png", *c), match="is not a directory")
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", "-o", out, *c), match="end it with / to write NAME.gvae")
+    assert list(out.iterdir()) == [] and not (tmp_path / "no").exists()
+    assert_one_line_error(*run(capsys, "compress", files / "img.png", second_image, "-o", out, "-c", files / "plain.pt"),
+                          match="single-rate")  # a model error stops the whole call
+    assert list(out.iterdir()) == []
+
+    rc, stdout, err = run(capsys, "compress", files / "img.png", "-o", f"{out}/", *c)  # a trailing /: into the folder
+    assert rc == 0 and err == "" and [p.name for p in out.iterdir()] == ["img.gvae"]
+    assert _lines(stdout)[-1].startswith("1 files: 1 ok, 0 failed; ")
+
+
+def test_help_version_and_info_do_not_import_torch(sample, tmp_path):
+    """One process: ``python -m gainedvae --help`` / ``--version`` / ``info FILE`` (and the console
+    script's ``gainedvae.cli.main``) leave torch, CompressAI and numpy unimported."""
+    gvae = tmp_path / "s.gvae"
+    gvae.write_bytes(sample)
+    script = f"""
+import contextlib, io, runpy, sys
+codes = []
+for argv, expect in ((["--help"], "usage"), (["--version"], "gainedvae 0"), (["info", {str(gvae)!r}], "56x40"),
+                     (["compress", "--help"], "--bpp"), (["decompress", "--help"], "--max-pixels")):
+    sys.argv = ["gainedvae", *argv]
+    with contextlib.redirect_stdout(io.StringIO()) as buf:
+        try:
+            runpy.run_module("gainedvae", run_name="__main__", alter_sys=True)
+        except SystemExit as exc:
+            codes.append(exc.code)
+    assert expect in buf.getvalue(), buf.getvalue()
+import gainedvae, gainedvae.cli
+print(codes, [m for m in ("torch", "compressai", "numpy", "PIL") if m in sys.modules])
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[0, 0, 0, 0, 0] []", proc.stdout + proc.stderr
+
+
+def test_public_api_is_imported_on_first_use():
+    namespace = {}
+    exec("from gainedvae import *", namespace)
+    assert set(gainedvae.__all__) <= set(namespace) and set(gainedvae.__all__) <= set(dir(gainedvae))
+    assert namespace["MODELS"] is gainedvae.MODELS and namespace["load_checkpoint"] is gainedvae.checkpoint.load_checkpoint
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        gainedvae.nope
