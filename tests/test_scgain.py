@@ -346,6 +346,15 @@ def _half_maps(g, n, size=64):
 def trained_tiny():
     """200 steps (a few seconds of CPU) of a tiny model on four smooth images, 64x64 crops,
     half-and-half maps, pixel-wise lambda ``0.01 * 0.05 ** (1 - q) * 20 ** q``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a module fixture runs before the per-test 1-thread fixture: same numerics everywhere
+    try:
+        return _train_tiny()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     pool = _smooth_images(g, 4, 64, 128)
