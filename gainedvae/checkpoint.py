@@ -382,6 +382,7 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
         _checked_state_dict(payload["state_dict"], source)
         state_dict = _checked_state_dict(checkpoint_weights(payload, weights, source), source)
         config = _check_config(payload.get("config", {}), state_dict, source)
+        stored = state_dict  # as stored (float16 stays float16): what the weights hash names
     else:  # a CompressAI state dict or training checkpoint
         if model is None:
             raise CheckpointError(f"{source} is not a gainedvae checkpoint; pass model=<registry name> to load a CompressAI state dict")
@@ -410,9 +411,7 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
     if tables:
         install_entropy_tables(net, tables, source)
     net.entropy_tables_stored = bool(tables)
-    # hash of the weights as stored (float16 stays float16), so that a file names the exact weights
-    net.weights_hash = checkpoint_hash(
-        checkpoint_weights(payload, weights, source) if payload.get("format") == FORMAT else state_dict, tables)
+    net.weights_hash = checkpoint_hash(stored if payload.get("format") == FORMAT else state_dict, tables)
     return net
 
 

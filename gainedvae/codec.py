@@ -330,11 +330,15 @@ def _model_device(net: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+def _check_size(h: int, w: int) -> None:
+    if not (1 <= h <= MAX_DIM and 1 <= w <= MAX_DIM):
+        raise CodecError(f"image size {h}x{w} is outside 1..{MAX_DIM}")
+
+
 def _prepare(net: nn.Module, image: ImageLike) -> Tensor:
     x = image_to_tensor(image)
     h, w = x.shape[-2:]
-    if not (1 <= h <= MAX_DIM and 1 <= w <= MAX_DIM):
-        raise CodecError(f"image size {h}x{w} is outside 1..{MAX_DIM}")
+    _check_size(h, w)
     if not torch.isfinite(x).all():
         raise CodecError("image contains NaN or infinite values")
     return x.to(_model_device(net), torch.float32)
@@ -348,8 +352,7 @@ def _prepare_uint8(net: nn.Module, image: ImageLike) -> Optional[Tensor]:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         return None  # image_to_tensor's message
     h, w = image.shape[:2]
-    if not (1 <= h <= MAX_DIM and 1 <= w <= MAX_DIM):
-        raise CodecError(f"image size {h}x{w} is outside 1..{MAX_DIM}")
+    _check_size(h, w)
     if not image.flags.writeable:
         image = np.array(image)
     return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).to(_model_device(net))

@@ -10,7 +10,8 @@ The warm-up term ``(1 + n) / (10 + n)`` (TensorFlow's ``ExponentialMovingAverage
 ``num_updates``) keeps a short run's average from being dominated by the initial weights; from
 ``n = (10 * decay - 1) / (1 - decay)`` on (8,991 updates at ``decay = 0.999``) the decay is
 ``decay`` itself, an average over roughly the last ``1 / (1 - decay)`` steps. Buffers are not
-averaged: :meth:`WeightEMA.state_dict` takes them from the live model.
+averaged: a checkpoint's averaged state dict (:func:`gainedvae.checkpoint.checkpoint_weights`)
+takes them from the raw ``state_dict``.
 
 The average is what validation, evaluation and export use (``train_gain.py --ema-decay``); the
 raw weights stay in the checkpoint's ``state_dict`` so that ``--resume`` continues exactly.
@@ -49,10 +50,6 @@ class WeightEMA:
         for k, p in net.named_parameters():
             if k in self.shadow:
                 self.shadow[k].lerp_(p.detach(), 1.0 - d)
-
-    def state_dict(self, net: nn.Module) -> Dict[str, Tensor]:
-        """``net.state_dict()`` with the averaged parameters in place of the raw ones."""
-        return {k: self.shadow.get(k, v).detach().clone() for k, v in net.state_dict().items()}
 
     def save(self) -> Dict[str, object]:
         """What a checkpoint keeps to resume the average exactly."""
