@@ -6,9 +6,9 @@
 #
 # Where the state comes from, in order:
 #   1. $RUNS/pretrain-200k/ckpt-*.pt             (this machine's run: exact --resume)
-#   2. ../shared/checkpoints/pretrain-200k/       (the hand-over at step 11,000: copied, then exact --resume)
-# A weights-only snapshot committed in results/campaign/ (see results/README.md) restarts a lost
-# run with --init (new optimiser state, 500-step warm-up) when neither exists.
+#   2. results/campaign/pretrain-latest.pt       (the committed weights-only snapshot of this run, see
+#      results/README.md: --init, new optimiser state, 500-step warm-up)
+#   3. ../shared/checkpoints/pretrain-200k/       (the hand-over at step 11,000: copied, then exact --resume)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -21,14 +21,15 @@ COMMON="-N 64 -M 96 --batch-size 8 --patch-size 128 --downscale-jpeg --val-size 
         --threads ${THREADS:-0} --ema-decay 0.999"
 
 pretrain() {
-  local dir="$RUNS/pretrain-200k"
-  if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1 && [ -d ../shared/checkpoints/pretrain-200k ]; then
-    mkdir -p "$RUNS" && cp -r ../shared/checkpoints/pretrain-200k "$RUNS/" && chmod -R u+w "$dir"
-  fi
+  local dir="$RUNS/pretrain-200k" snapshot=results/campaign/pretrain-latest.pt
   local start="--resume"
   if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
-    start="--init results/campaign/pretrain-latest.pt --warmup-steps 500"
-    echo "== no checkpoint in $dir: restarting from the committed snapshot ($start)"
+    if [ -f "$snapshot" ]; then  # always further than the hand-over: it was taken from this run
+      start="--init $snapshot --warmup-steps 500"
+      echo "== no checkpoint in $dir: restarting from the committed snapshot ($start)"
+    elif [ -d ../shared/checkpoints/pretrain-200k ]; then
+      mkdir -p "$RUNS" && cp -r ../shared/checkpoints/pretrain-200k "$RUNS/" && chmod -R u+w "$dir"
+    fi
   fi
   echo "== pretrain: $(date -u +%FT%TZ) $start"
   nice -n 2 $PY train_gain.py -d $TRAIN_DATA $COMMON -m mbt2018-mean --lambda 0.18 \
