@@ -290,13 +290,17 @@ def compile_plan(cfg: TrainConfig, device: torch.device, steps_left: int) -> Tup
 def compiled(model: nn.Module) -> nn.Module:
     """``torch.compile(model)`` for the training forward. Inductor draws the training noise from
     torch's generator (``fallback_random``) so that a compiled step gives the eager step's loss and
-    ``--resume`` stays exact; a compilation failure falls back to eager (``suppress_errors``)."""
-    import torch._dynamo
-    import torch._inductor.config
+    ``--resume`` stays exact; a compilation failure falls back to eager (``suppress_errors``).
 
-    torch._inductor.config.fallback_random = True
-    torch._dynamo.config.suppress_errors = True
-    return torch.compile(model)
+    Both settings hold for this module only, not the process: ``fallback_random`` is an inductor
+    option of this ``torch.compile`` (inductor applies it to the lazily compiled backward too),
+    ``suppress_errors`` is patched around each call of the compiled forward, where dynamo compiles.
+    """
+    import torch._dynamo
+
+    net = torch.compile(model, options={"fallback_random": True})
+    net.forward = torch._dynamo.config.patch(suppress_errors=True)(net.forward)
+    return net
 
 
 def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None], qmap: Optional[Tensor] = None):

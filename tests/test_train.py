@@ -221,10 +221,18 @@ def test_compile_plan_needs_a_compiler_and_a_valid_choice(monkeypatch):
         compile_plan(TrainConfig(data=("x",), compile="yes"), torch.device("cpu"), 8000)
 
 
+@pytest.mark.slow
 def test_compiled_training_gives_the_eager_losses(image_dir, tmp_path):
-    """torch.compile with the training noise from torch's generator: same losses as eager."""
+    """torch.compile with the training noise from torch's generator: same losses as eager; the
+    compile settings stay with the compiled module (the process-wide config is unchanged)."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    settings = lambda: (torch._inductor.config.fallback_random, torch._dynamo.config.suppress_errors)  # noqa: E731
+    before = settings()
     eager = train(cfg(image_dir, tmp_path / "eager", steps=3, val_every=100, compile="off"), progress=False)
     comp = train(cfg(image_dir, tmp_path / "comp", steps=3, val_every=100, compile="on"), progress=False)
+    assert settings() == before
     a = [json.loads(ln)["loss"] for ln in (eager.parent / "train_log.jsonl").read_text().splitlines()]
     b = [json.loads(ln)["loss"] for ln in (comp.parent / "train_log.jsonl").read_text().splitlines()]
     assert len(a) == len(b) == 3
