@@ -100,13 +100,14 @@ def budget_markdown(rows: list) -> str:
 
 def plot(logs: Path, out: Path) -> None:
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_psnr, ax_bpp) = plt.subplots(1, 2, figsize=(13, 5))
+    fig = Figure(figsize=(13, 5))  # Agg canvas, no pyplot: the process's backend is left alone
+    FigureCanvasAgg(fig)
+    ax_psnr, ax_bpp = fig.subplots(1, 2)
     runs = sorted((p for p in logs.iterdir() if p.is_dir()), key=lambda p: run_order(p.name))
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for run in runs:
         val = read_jsonl(run / "val_log.jsonl")
         if not val:
@@ -138,7 +139,6 @@ def plot(logs: Path, out: Path) -> None:
                  "single-rate: red; VBR peer: dashed)", fontsize=9)
     fig.tight_layout()
     atomic_save(lambda f: fig.savefig(f, format="png", dpi=110), out)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
