@@ -74,7 +74,12 @@ def run(args) -> int:
     if args.mode == "scgain":  # uniform / gradient / ROI maps (gainedvae/evaluate_scgain.py)
         from gainedvae.evaluate_scgain import run_scgain
 
-        return run_scgain(args, images, source, device, progress)
+        if not args.checkpoint:
+            raise SystemExit("eval_gain.py: error: --mode scgain needs --checkpoint with a gained-scgain model")
+        run_scgain(Path(args.checkpoint), images, source, out, qmaps=args.qmap, qmap_values=args.qmap_values,
+                   gain_checkpoint=args.gain_checkpoint, step=args.step, name=args.name, device=device,
+                   progress=progress)
+        return 0
     if args.qmap or args.gain_checkpoint:
         raise SystemExit("eval_gain.py: error: --qmap and --gain-checkpoint need --mode scgain")
 
