@@ -26,8 +26,6 @@ from typing import Dict
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402
 from gainedvae.models import is_variable_rate, model_name, pad_to_multiple  # noqa: E402

@@ -25,12 +25,10 @@ from pathlib import Path
 import torch
 from compressai.models import MeanScaleHyperprior
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gainedvae.checkpoint import atomic_write_bytes  # noqa: E402
-from gainedvae.models import get_model  # noqa: E402
-from gainedvae.models import DEFAULT_LAMBDAS  # noqa: E402
-from gainedvae.train import compiled, configure_optimizers, model_forward, rate_distortion  # noqa: E402
+from gainedvae.checkpoint import atomic_write_bytes
+from gainedvae.models import get_model
+from gainedvae.models import DEFAULT_LAMBDAS
+from gainedvae.train import compiled, configure_optimizers, model_forward, rate_distortion
 
 
 LEVELS = len(DEFAULT_LAMBDAS)

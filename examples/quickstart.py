@@ -8,17 +8,13 @@ per quality and writes the reconstructions to quickstart-out/.
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-import gainedvae  # noqa: E402
-from gainedvae.evaluate import code, default_images, read_image  # noqa: E402
-from gainedvae.metrics import psnr, to_uint8  # noqa: E402
-from gainedvae.train import TrainConfig, train  # noqa: E402
+import gainedvae
+from gainedvae.evaluate import code, default_images, read_image
+from gainedvae.metrics import psnr, to_uint8
+from gainedvae.train import TrainConfig, train
 
 
 def main(argv=None):

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from gainedvae.checkpoint import atomic_save, atomic_write_bytes  # noqa: E402
+from gainedvae.checkpoint import atomic_save, atomic_write_bytes
 
 LOGS = ("val_log.jsonl", "train_log.jsonl")
 

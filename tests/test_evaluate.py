@@ -16,7 +16,6 @@ from gainedvae import evaluate as ev
 from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture

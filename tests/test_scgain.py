@@ -2,8 +2,6 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +18,7 @@ from gainedvae.train import TrainConfig, TrainingError, configure_optimizers, ra
 
 from conftest import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 LAMBDAS = (0.0067, 0.013, 0.025, 0.0483)
-
-
 
 
 def sc_model():

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import gainedvae  # noqa: E402
-from gainedvae.evaluate import list_images, read_image  # noqa: E402
+import gainedvae
+from gainedvae.evaluate import list_images, read_image
 
 
 @torch.inference_mode()
