@@ -19,8 +19,8 @@ from gainedvae.train import TrainConfig, train
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--out", default="quickstart-out")
+    p.add_argument("--steps", type=int, default=300, help="training steps of the small model (default: %(default)s)")
+    p.add_argument("--out", default="quickstart-out", help="folder of the reconstructions (default: %(default)s)")
     args = p.parse_args(argv)
 
     images, source = default_images()

@@ -143,9 +143,9 @@ def plot(logs: Path, out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", type=Path, help="copy the logs of these run folders into --logs first")
-    p.add_argument("--logs", type=Path, default=HERE / "logs")
-    p.add_argument("--out", type=Path, default=HERE / "training-curves.png")
-    p.add_argument("--budget", type=Path, default=HERE / "training-budget.md")
+    p.add_argument("--logs", type=Path, default=HERE / "logs", help="folder of the collected run logs (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=HERE / "training-curves.png", help="plot to write (default: %(default)s)")
+    p.add_argument("--budget", type=Path, default=HERE / "training-budget.md", help="budget table to write (default: %(default)s)")
     args = p.parse_args(argv)
     if args.collect:
         collect(args.collect, args.logs)
