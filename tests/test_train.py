@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,9 +88,33 @@ def test_shared_start_initialises_gains(image_dir, tmp_path):
     torch.testing.assert_close(g["gain.y.log_gain"][:, 0], 0.5 * torch.log(torch.tensor([0.01 / 0.05, 1.0])))
 
 
-def test_per_sample_level_sampling(image_dir, tmp_path):
-    final = train(cfg(image_dir, tmp_path / "p", level_sampling="sample"), progress=False)
-    assert final.exists()
+def test_per_sample_level_sampling(image_dir, tmp_path, monkeypatch):
+    """--level-sampling sample: each sample of a batch draws its own level (a function of seed and
+    step), the training forward gets them as a (B,) tensor, and the run logs finite losses."""
+    import gainedvae.train as T
+
+    per_sample = cfg(image_dir, tmp_path / "p", lambdas=(0.01, 0.02, 0.05, 0.1), batch_size=4, level_sampling="sample")
+    draws = [T.sample_levels(per_sample, step, 4, 4) for step in range(20)]
+    assert all(d.shape == (4,) and 0 <= int(d.min()) and int(d.max()) < 4 for d in draws)
+    assert sum(len(set(d.tolist())) > 1 for d in draws) >= 15  # mixed levels within a batch
+    assert torch.equal(T.sample_levels(per_sample, 7, 4, 4), draws[7])  # resumable: same draw for a step
+    assert T.sample_levels(cfg(image_dir, tmp_path, level_sampling="batch"), 7, 4, 4).shape == ()
+
+    seen = []
+    forward = T.model_forward
+
+    def spy(net, x, level, qmap=None):
+        if net.training:
+            seen.append(level.tolist() if isinstance(level, torch.Tensor) else level)
+        return forward(net, x, level, qmap)
+
+    monkeypatch.setattr(T, "model_forward", spy)
+    final = train(per_sample, progress=False)
+    assert final.name == "ckpt-0000004.pt"
+    assert seen == [draws[step].tolist() for step in range(4)]
+    log = [json.loads(ln) for ln in (tmp_path / "p" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all(math.isfinite(r[k]) for r in log for k in ("loss", "bpp", "mse", "psnr"))
 
 
 def test_nan_loss_stops_with_clear_message(image_dir, tmp_path, monkeypatch):
