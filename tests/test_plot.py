@@ -4,6 +4,8 @@ matplotlib backend alone (no matplotlib.use, no pyplot)."""
 import subprocess
 import sys
 
+import pytest
+
 CHECK = """
 import sys
 import matplotlib
@@ -16,6 +18,7 @@ assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
 """
 
 
+@pytest.mark.slow
 def test_rd_plot_writes_a_png_without_touching_the_backend(tmp_path):
     out = tmp_path / "rd.png"
     r = subprocess.run([sys.executable, "-c", CHECK, str(out)], capture_output=True, text=True)

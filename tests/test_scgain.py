@@ -378,6 +378,7 @@ def _train_tiny():
     return net.eval(), pool[:1]
 
 
+@pytest.mark.slow
 def test_trained_tiny_model_psnr_is_higher_where_q_is_1(trained_tiny):
     net, x = trained_tiny
     ref = to_uint8(x)

@@ -148,6 +148,7 @@ def test_bad_data_paths(tmp_path):
         split_dataset(tmp_path / "txt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["missing", "empty"])
 def test_cli_reports_bad_data(tmp_path, bad):
     if bad == "empty":
@@ -193,6 +194,7 @@ def test_sampler_shards_are_disjoint():
     assert list(StepBatchSampler(20, 4, steps=3, seed=3, start_step=1)) == list(StepBatchSampler(20, 4, steps=3, seed=3))[1:]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(image_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(
