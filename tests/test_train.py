@@ -266,6 +266,26 @@ def test_compiled_training_gives_the_eager_losses(image_dir, tmp_path):
     assert b == pytest.approx(a, rel=1e-4)
 
 
+_COMPILE_FAILS = """
+import torch, torch._dynamo, torch._inductor.config
+from gainedvae.train import compiled
+m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+x = torch.rand(2, 4)
+assert torch.equal(compiled(m)(x), m(x))  # no working C++ compiler: the call runs eagerly
+assert not torch._dynamo.config.suppress_errors and not torch._inductor.config.fallback_random
+"""
+
+
+@pytest.mark.slow
+def test_a_compilation_failure_falls_back_to_eager(tmp_path):
+    """suppress_errors holds inside the compiled call (and only there): a process without a
+    working C++ compiler gets the eager result, not an error."""
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"),
+               OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_FAILS], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- issue 18: interrupted runs, bad images
 
 
