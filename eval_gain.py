@@ -25,19 +25,20 @@ from gainedvae.report import bd_markdown, bd_table
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("gain", "scgain"), default="gain")
+    p.add_argument("--mode", choices=("gain", "scgain"), default="gain",
+                   help="gain: a variable-rate model over its quality range; scgain: a gained-scgain model with quality maps (default: %(default)s)")
     p.add_argument("--checkpoint", default=None, help="gained checkpoint (default: the shipped model)")
     p.add_argument("-d", "--dataset", default=None, help="folder of images (default: a photo shipped with matplotlib)")
     p.add_argument("--step", type=float, default=0.25, help="quality step of the sweep")
     p.add_argument("--baseline", nargs="*", default=[], help="single-rate checkpoints and/or results JSON files")
     p.add_argument("--classic", default="", help="comma-separated Pillow codecs: jpeg,webp,avif")
-    p.add_argument("--output-dir", default="results/eval")
+    p.add_argument("--output-dir", default="results/eval", help="folder of the JSON, CSV, plots and BD tables (default: %(default)s)")
     p.add_argument("--name", default=None, help="label of the gained model (default: its registry name)")
-    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--max-images", type=int, default=None, help="use at most this many images of -d (default: all)")
     p.add_argument("--cache", default=None, metavar="FILE.jsonl",
                    help="keep measured rows here and reuse them on the next run (keyed by weights hash, image, quality)")
-    p.add_argument("--cuda", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--cuda", action="store_true", help="evaluate on the GPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("--mode scgain (gained-scgain with quality maps; see docs/scgain.md)")
     g.add_argument("--qmap", nargs="*", default=[], metavar="MASK",
                    help="grayscale ROI map(s), white = high quality: PSNR inside / outside is reported")
@@ -74,7 +75,12 @@ def run(args) -> int:
     if args.mode == "scgain":  # uniform / gradient / ROI maps (gainedvae/evaluate_scgain.py)
         from gainedvae.evaluate_scgain import run_scgain
 
-        return run_scgain(args, images, source, device, progress)
+        if not args.checkpoint:
+            raise SystemExit("eval_gain.py: error: --mode scgain needs --checkpoint with a gained-scgain model")
+        run_scgain(Path(args.checkpoint), images, source, out, qmaps=args.qmap, qmap_values=args.qmap_values,
+                   gain_checkpoint=args.gain_checkpoint, step=args.step, name=args.name, device=device,
+                   progress=progress)
+        return 0
     if args.qmap or args.gain_checkpoint:
         raise SystemExit("eval_gain.py: error: --qmap and --gain-checkpoint need --mode scgain")
 

@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats per image (median)")
     parser.add_argument("--quality", type=float, help="quality for the speed comparison (default: middle)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/codec_speed.json"))
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/codec_speed.json"),
+                        help="JSON file of the measurements (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

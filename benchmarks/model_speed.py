@@ -35,8 +35,6 @@ from typing import Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
 from gainedvae.entropy import update_entropy_tables  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402

@@ -26,8 +26,6 @@ from typing import Dict
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402
 from gainedvae.models import is_variable_rate, model_name, pad_to_multiple  # noqa: E402
@@ -138,13 +136,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], help="variable-rate checkpoint (repeatable)")
     p.add_argument("--single", nargs="*", default=[], help="single-rate checkpoints (one set)")
-    p.add_argument("-d", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"))
-    p.add_argument("--max-images", type=int, default=4)
-    p.add_argument("--targets", type=int, default=16)
-    p.add_argument("--tol", type=float, default=0.01)
-    p.add_argument("--max-iter", type=int, default=12)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("-d", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"),
+                   help="image folder (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=4, help="images of -d used (default: %(default)s)")
+    p.add_argument("--targets", type=int, default=16, help="log-spaced bpp targets per image (default: %(default)s)")
+    p.add_argument("--tol", type=float, default=0.01, help="a target is hit within this relative bpp error (default: %(default)s)")
+    p.add_argument("--max-iter", type=int, default=12, help="at most this many encodes per target (regula falsi on log-bpp; default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
     args = p.parse_args(argv)
     if not args.model:
         p.error("pass at least one variable-rate --model")

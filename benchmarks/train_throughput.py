@@ -25,12 +25,10 @@ from pathlib import Path
 import torch
 from compressai.models import MeanScaleHyperprior
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gainedvae.checkpoint import atomic_write_bytes  # noqa: E402
-from gainedvae.models import get_model  # noqa: E402
-from gainedvae.models import DEFAULT_LAMBDAS  # noqa: E402
-from gainedvae.train import compiled, configure_optimizers, model_forward, rate_distortion  # noqa: E402
+from gainedvae.checkpoint import atomic_write_bytes
+from gainedvae.models import get_model
+from gainedvae.models import DEFAULT_LAMBDAS
+from gainedvae.train import compiled, configure_optimizers, model_forward, rate_distortion
 
 
 LEVELS = len(DEFAULT_LAMBDAS)
@@ -162,18 +160,18 @@ def options_table(args, xs):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-N", type=int, default=64)
-    p.add_argument("-M", type=int, default=96)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("-N", type=int, default=64, help="channels of the hidden layers (default: %(default)s)")
+    p.add_argument("-M", type=int, default=96, help="channels of the latent y (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=8, help="batch size (default: %(default)s)")
+    p.add_argument("--patch", type=int, default=128, help="side of the random training patches (default: %(default)s)")
     p.add_argument("--steps", type=int, default=10, help="steps per timing")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timings per option, interleaved; the median is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2 * 8 + 2, help="untimed steps first (every level twice)")
     p.add_argument("--trajectory", type=int, default=24, help="steps whose losses are compared between options")
     p.add_argument("--rtol", type=float, default=1e-4, help="largest relative loss difference called the same loss")
     p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     p.add_argument("--data", default="../shared/data/bsds500/train", help="images for the data-loading rows")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
     torch.manual_seed(0)

@@ -8,23 +8,19 @@ per quality and writes the reconstructions to quickstart-out/.
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-import gainedvae  # noqa: E402
-from gainedvae.evaluate import code, default_images, read_image  # noqa: E402
-from gainedvae.metrics import psnr, to_uint8  # noqa: E402
-from gainedvae.train import TrainConfig, train  # noqa: E402
+import gainedvae
+from gainedvae.evaluate import code, default_images, read_image
+from gainedvae.metrics import psnr, to_uint8
+from gainedvae.train import TrainConfig, train
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--out", default="quickstart-out")
+    p.add_argument("--steps", type=int, default=300, help="training steps of the small model (default: %(default)s)")
+    p.add_argument("--out", default="quickstart-out", help="folder of the reconstructions (default: %(default)s)")
     args = p.parse_args(argv)
 
     images, source = default_images()

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -230,25 +230,30 @@ def _gain_curve(path: Path, images, source: str, step: float, device: str, progr
     return data
 
 
-def run_scgain(args, images: Sequence[Path], source: str, device: str, progress: bool) -> int:
-    """``eval_gain.py --mode scgain``: uses ``args.checkpoint``, ``args.qmap``,
-    ``args.qmap_values``, ``args.gain_checkpoint``, ``args.step``, ``args.name``, ``args.output_dir``."""
+def run_scgain(checkpoint: Path, images: Sequence[Path], source: str, output_dir: Path, *,
+               qmaps: Sequence[Path] = (), qmap_values: Sequence[float] = DEFAULT_QMAP_VALUES,
+               gain_checkpoint: Optional[Path] = None, step: float = 0.25, name: Optional[str] = None,
+               device: str = "cpu", progress: bool = True) -> Path:
+    """The evaluation behind ``eval_gain.py --mode scgain``: the ``gained-scgain`` ``checkpoint``
+    on ``images`` (described as ``source``) with uniform maps at ``qmap_values``, the two
+    gradients and each ROI mask of ``qmaps``; with ``gain_checkpoint``, its channel-gain curve
+    (quality ``step``) beside them and ``bd.json``. Writes the JSON, CSV, markdown and plots to
+    ``output_dir`` (labelled ``name``, default the registry name) and returns it. A checkpoint
+    without quality maps or an unreadable mask is a :class:`ValueError`."""
     from .checkpoint import load_checkpoint
     from .plot import Curve, rd_plot
     from .report import bd_markdown, bd_table
 
-    if not args.checkpoint:
-        raise SystemExit("eval_gain.py: error: --mode scgain needs --checkpoint with a gained-scgain model")
-    net = load_checkpoint(args.checkpoint, device=device)
+    net = load_checkpoint(checkpoint, device=device)
     if not takes_qmap(net):
-        raise SystemExit(f"eval_gain.py: error: --mode scgain needs a gained-scgain checkpoint; {args.checkpoint} "
+        raise ValueError(f"--mode scgain needs a gained-scgain checkpoint; {checkpoint} "
                          f"holds {model_name(net)} (use --mode gain for it)")
-    roi = [Path(p) for p in (getattr(args, "qmap", None) or [])]
-    qmap_values = list(getattr(args, "qmap_values", None) or DEFAULT_QMAP_VALUES)
+    roi = [Path(p) for p in qmaps]
+    qmap_values = list(qmap_values)
     for p in roi:
         load_qmap(p)  # fail early with a clear message
-    out = Path(args.output_dir)
-    name = args.name or model_name(net)
+    out = Path(output_dir)
+    name = name or model_name(net)
     qualities = [float(q) for q in range(1, net.levels + 1)]
     rows = evaluate_scgain(net, images, qualities, qmap_values, roi, True, device, progress)
     desc = f"{ev.describe_model(net)}; uniform quality maps; real rANS bitstreams; {source}"
@@ -272,8 +277,8 @@ def run_scgain(args, images: Sequence[Path], source: str, device: str, progress:
             "ms-ssim-rgb-db": [None if s["ms-ssim-rgb"] is None else ms_ssim_db(s["ms-ssim-rgb"]) for s in pts],
         }, "single"))
     title = f"{name} with quality maps on {source}"
-    if getattr(args, "gain_checkpoint", None):
-        gain = _gain_curve(Path(args.gain_checkpoint), images, source, args.step, device, progress, out)
+    if gain_checkpoint:
+        gain = _gain_curve(Path(gain_checkpoint), images, source, step, device, progress, out)
         integer = [q is not None and float(q).is_integer() for q in gain["results"].get("quality", [])] or None
         curves.insert(0, Curve(f"{gain['name']} (channel gain)", gain["results"], "gained", integer))
         mid = min(values, key=lambda v: abs(v - 0.5))
@@ -286,4 +291,4 @@ def run_scgain(args, images: Sequence[Path], source: str, device: str, progress:
     (out / f"{name}-maps.md").write_text(md)
     print(md)
     print(f"wrote {out}/{name}-uniform.json, {name}-maps.json, {name}-maps.md, per-image CSV, rd-psnr.png, rd-ms-ssim.png")
-    return 0
+    return out

@@ -1,4 +1,4 @@
-"""Rate-distortion plots (matplotlib, no display needed)."""
+"""Rate-distortion plots (matplotlib's Agg canvas: no display needed, no process-wide backend set)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .checkpoint import atomic_save  # noqa: E402
+from .checkpoint import atomic_save
 
 METRICS = {"psnr": ("psnr-rgb", "PSNR (RGB) [dB]"), "ms-ssim": ("ms-ssim-rgb-db", "MS-SSIM (RGB) [dB]")}
 
@@ -33,7 +31,9 @@ class Curve:
 
 def rd_plot(curves: List[Curve], metric: str, path: Path, title: str = "") -> Path:
     key, ylabel = METRICS[metric]
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=120)
+    fig = Figure(figsize=(8, 6), dpi=120)  # no pyplot: no backend chosen, no global figure state
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for i, c in enumerate(curves):
         res = c.results
         if key not in res or not res.get("bpp"):
@@ -64,5 +64,4 @@ def rd_plot(curves: List[Curve], metric: str, path: Path, title: str = "") -> Pa
         fig.savefig(f, format="png")
 
     atomic_save(write, path)
-    plt.close(fig)
     return Path(path)

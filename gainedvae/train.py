@@ -13,6 +13,7 @@ weights (:mod:`gainedvae.ema`) is kept beside the raw weights; validation report
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -20,9 +21,9 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.distributed as dist
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from .checkpoint import FORMAT, checkpoint_weights, read_checkpoint, save_checkpoint
 from .ema import WeightEMA
-from .models import DEFAULT_LAMBDAS, get_model, is_gained, is_variable_rate, model_name, pad_to_multiple
+from .models import DEFAULT_LAMBDAS, MODELS, get_model, is_gained, is_variable_rate, model_name, pad_to_multiple
 from .data import PatchDataset, StepBatchSampler, load_validation, split_dataset
 from .data import mix_seed
 from .qmap import DEFAULT_LAMBDA_RANGE, check_lambda_range, lambda_scale, random_qmaps
@@ -43,53 +44,70 @@ class TrainingError(RuntimeError):
     """The run cannot continue (bad configuration, non-finite loss, ...)."""
 
 
+def _flag(default=MISSING, help: str = "", **cli):
+    """A :class:`TrainConfig` field that is a command-line flag, its help text (and flag details:
+    ``flags``, ``choices``, ``nargs``, ``metavar``, ``negatable``; see :func:`add_config_arguments`)
+    beside it."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; saved in every checkpoint."""
+    """Everything that defines a run; saved in every checkpoint. Each field is a flag of
+    ``train_gain.py`` (:func:`add_config_arguments`), its help text beside it."""
 
-    data: Tuple[str, ...]
-    model: str = "gained-mbt2018-mean"
-    N: int = 128
-    M: int = 192
-    lambdas: Tuple[float, ...] = DEFAULT_LAMBDAS
-    lmbda: Optional[float] = None  # single-rate models
-    metric: str = "mse"
-    level_sampling: str = "batch"
-    steps: int = 100_000
-    batch_size: int = 8
-    patch_size: int = 256
-    lr: float = 1e-4
-    milestones: Tuple[float, ...] = (0.75, 0.9)
-    gamma: float = 0.1
-    warmup_steps: int = 0
-    aux_lr: float = 1e-3
-    clip_max_norm: float = 1.0
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "cpu"
-    save_dir: str = "runs/default"
-    save_every: int = 1000
-    keep: int = 3
-    val_every: int = 1000
-    val_split: float = 0.05
-    val_size: int = 256
-    val_max_images: int = 16
-    log_every: int = 50
-    log_images: bool = False
-    downscale_jpeg: bool = False
-    init: Optional[str] = None
-    threads: int = 0
+    data: Tuple[str, ...] = _flag(help="image folder(s) (recursive), folder with train/ and val/, or .tar",
+                                 flags=("-d", "--dataset"), nargs="+", metavar="DATASET")
+    model: str = _flag("gained-mbt2018-mean", "model to train: %(choices)s", flags=("-m", "--model"),
+                       choices=MODELS, metavar="MODEL")
+    N: int = _flag(128, "channels of the transforms' hidden layers", flags=("-N",))
+    M: int = _flag(192, "channels of the latent y", flags=("-M",))
+    lambdas: Tuple[float, ...] = _flag(DEFAULT_LAMBDAS, "lambdas of a gained model, increasing (comma- or space-separated)")
+    lmbda: Optional[float] = _flag(None, "lambda of a single-rate model", flags=("--lambda",), metavar="LAMBDA")
+    metric: str = _flag("mse", "distortion of the loss", choices=("mse", "ms-ssim"))
+    level_sampling: str = _flag("batch", "gained models: draw one level per batch or one per sample",
+                               choices=("batch", "sample"))
+    steps: int = _flag(100_000, "training steps")
+    batch_size: int = _flag(8, "patches per step (over all processes)")
+    patch_size: int = _flag(256, "side of the random training crops")
+    lr: float = _flag(1e-4, "Adam learning rate of the network")
+    milestones: Tuple[float, ...] = _flag((0.75, 0.9), "fractions of --steps where lr drops")
+    gamma: float = _flag(0.1, "lr factor at each milestone")
+    warmup_steps: int = _flag(0, "steps of linear lr warm-up (0: none)")
+    aux_lr: float = _flag(1e-3, "Adam learning rate of the entropy bottleneck quantiles (aux loss)")
+    clip_max_norm: float = _flag(1.0, "gradient norm clipping; 0 disables clipping")
+    seed: int = _flag(0, "seed of the weights, data order, crops and levels")
+    num_workers: int = _flag(0, "DataLoader worker processes (0: load in the training process)")
+    device: str = "cpu"  # not generated: train_gain.py resolves --device / --cuda
+    save_dir: str = _flag("runs/default", "run directory: checkpoints, logs, images")
+    save_every: int = _flag(1000, "steps between checkpoints")
+    keep: int = _flag(3, "number of periodic checkpoints kept (plus best.pt)")
+    val_every: int = _flag(1000, "steps between validations (every level, EMA and raw weights)")
+    val_split: float = _flag(0.05, "fraction of the images held out for validation (without a val/ folder)")
+    val_size: int = _flag(256, "side of the centre crops used for validation")
+    val_max_images: int = _flag(16, "validation images used at most")
+    log_every: int = _flag(50, "steps between lines of train_log.jsonl")
+    log_images: bool = _flag(False, "save input/reconstruction pairs of the first validation image at each validation")
+    downscale_jpeg: bool = _flag(False, "halve large JPEGs before cropping")
+    init: Optional[str] = _flag(None, "start from these weights (e.g. a single-rate checkpoint: shared start)")
+    threads: int = _flag(0, "torch CPU threads (0 = torch default)")
     # channels_last measured 17-21 % faster for mbt2018-mean on CPU, but with torch 2.15 it corrupts
     # the heap when training cheng2020-attn-gmm (glibc: 'corrupted size vs. prev_size'): opt-in only.
-    channels_last: bool = False
+    channels_last: bool = _flag(False, "channels_last memory format: faster on CPU for the hyperprior models "
+                                      "(see results/benchmarks/train_throughput.md) but off by default: it corrupts "
+                                      "memory with cheng2020 models on torch 2.15", negatable=True)
     # torch.compile of the training forward: "auto" compiles where it was measured faster with the
     # same losses (see compile_plan and results/benchmarks/train_throughput.md), "on" / "off" force it.
-    compile: str = "auto"
-    # gained-scgain: pixel-wise lambda = level lambda * LOW ** (1 - q) * HIGH ** q (gainedvae.qmap.lambda_scale)
-    qmap_lambda_range: Tuple[float, float] = DEFAULT_LAMBDA_RANGE
-    entropy_model: Optional[str] = None  # gained hyperprior models: gaussian | asymmetric | gmm
-    # moving average of the weights (gainedvae.ema), used for validation, best.pt and export; 0 = off
-    ema_decay: float = 0.999
+    compile: str = _flag("auto", "torch.compile the training forward; auto = on for the models measured faster on "
+                                "CPU with the same losses, in runs of 2000+ steps (results/benchmarks/train_throughput.md)",
+                        choices=("auto", "on", "off"))
+    qmap_lambda_range: Tuple[float, float] = _flag(
+        DEFAULT_LAMBDA_RANGE, "gained-scgain: pixel lambda = level lambda * LOW**(1-q) * HIGH**q for map value q; "
+                              "the default range gives 1 at q=0.5", metavar=("LOW", "HIGH"))
+    entropy_model: Optional[str] = _flag(None, "entropy model of the gained hyperprior models (default: gaussian)",
+                                        choices=("gaussian", "asymmetric", "gmm"))
+    ema_decay: float = _flag(0.999, "decay of the moving average of the weights used for validation, best.pt and "
+                                   "export (gainedvae/ema.py; 0 disables)")
     extra: Dict[str, object] = field(default_factory=dict)
 
     def run_lambdas(self) -> Tuple[float, ...]:
@@ -98,6 +116,53 @@ class TrainConfig:
         if self.lmbda is None:
             raise TrainingError(f"single-rate model {self.model!r} needs --lambda")
         return (float(self.lmbda),)
+
+
+def floats(text: str) -> Tuple[float, ...]:
+    """``"0.1,0.2"`` or ``"0.1 0.2"`` as ``(0.1, 0.2)``: the argument type of a ``Tuple[float, ...]`` flag."""
+    return tuple(float(v) for v in text.replace(",", " ").split())
+
+
+def config_flags() -> List[Field]:
+    """The :class:`TrainConfig` fields that are command-line flags (those with help text)."""
+    return [f for f in fields(TrainConfig) if "help" in f.metadata]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :func:`config_flags` field to ``parser``, stored under the field's name.
+
+    The flag is ``--field-name`` (or the field's ``flags``); the field's default is the flag's
+    (shown in the help) and a field without one is a required flag. The annotation gives the
+    type: ``int``/``float``/``str``, ``Optional[X]`` as ``X``, ``bool`` as a switch
+    (``--x`` / ``--no-x`` where ``negatable``), ``Tuple[float, ...]`` as one comma- or
+    space-separated argument (:func:`floats`) unless the field gives ``nargs``, ``Tuple[X, X]``
+    as two arguments. ``choices``, ``nargs`` and ``metavar`` pass through.
+    """
+    hints = get_type_hints(TrainConfig)
+    for f in config_flags():
+        kwargs = dict(f.metadata)
+        names = kwargs.pop("flags", ("--" + f.name.replace("_", "-"),))
+        negatable = kwargs.pop("negatable", False)
+        hint = hints[f.name]
+        if get_origin(hint) is Union:  # Optional[X]
+            hint = next(a for a in get_args(hint) if a is not type(None))
+        if f.default is MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+            if f.default is not None and hint is not bool:
+                kwargs["help"] += " (default: %(default)s)"
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction if negatable else "store_true"
+        elif get_origin(hint) is tuple:
+            item, *rest = get_args(hint)
+            if rest != [Ellipsis]:
+                kwargs["nargs"] = 1 + len(rest)
+            if item is float:
+                kwargs["type"] = float if "nargs" in kwargs else floats
+        elif hint is not str:
+            kwargs["type"] = hint
+        parser.add_argument(*names, dest=f.name, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -225,13 +290,17 @@ def compile_plan(cfg: TrainConfig, device: torch.device, steps_left: int) -> Tup
 def compiled(model: nn.Module) -> nn.Module:
     """``torch.compile(model)`` for the training forward. Inductor draws the training noise from
     torch's generator (``fallback_random``) so that a compiled step gives the eager step's loss and
-    ``--resume`` stays exact; a compilation failure falls back to eager (``suppress_errors``)."""
-    import torch._dynamo
-    import torch._inductor.config
+    ``--resume`` stays exact; a compilation failure falls back to eager (``suppress_errors``).
 
-    torch._inductor.config.fallback_random = True
-    torch._dynamo.config.suppress_errors = True
-    return torch.compile(model)
+    Both settings hold for this module only, not the process: ``fallback_random`` is an inductor
+    option of this ``torch.compile`` (inductor applies it to the lazily compiled backward too),
+    ``suppress_errors`` is patched around each call of the compiled forward, where dynamo compiles.
+    """
+    import torch._dynamo
+
+    net = torch.compile(model, options={"fallback_random": True})
+    net.forward = torch._dynamo.config.patch(suppress_errors=True)(net.forward)
+    return net
 
 
 def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None], qmap: Optional[Tensor] = None):

@@ -13,7 +13,7 @@ Collects in one table what a user weighs when choosing a variable-rate model:
 * how many log-spaced bpp targets each can hit within +/-1 %, read from
   ``results/kodak/rate-targets.json`` (``benchmarks/rate_targets.py``).
 
-  python results/peers_report.py --vbr runs/protocol/vbr/ckpt-0008000.pt \\
+  python -m results.peers_report --vbr runs/protocol/vbr/ckpt-0008000.pt \\
       --single runs/protocol/single-0.0130/ckpt-0008000.pt -d ../shared/data/kodak --max-images 4
 """
 
@@ -30,16 +30,14 @@ from typing import Dict, Optional
 
 import torch
 
+from benchmarks.model_speed import time_one  # the same timing code
+from gainedvae.bd import bd_rate
+from gainedvae.checkpoint import DEFAULT_CHECKPOINT, atomic_write_bytes, export_checkpoint, load_checkpoint
+from gainedvae.evaluate import list_images, load_results_json, read_image
+from gainedvae.models import model_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from gainedvae.bd import bd_rate  # noqa: E402
-from gainedvae.checkpoint import DEFAULT_CHECKPOINT, atomic_write_bytes, export_checkpoint, load_checkpoint  # noqa: E402
-from gainedvae.evaluate import list_images, load_results_json, read_image  # noqa: E402
-from gainedvae.models import model_name  # noqa: E402
-from model_speed import time_one  # noqa: E402  (benchmarks/model_speed.py: the same timing code)
 
 SINGLE_RATE_MODELS = 8  # the gained model's eight levels = eight single-rate models
 
@@ -221,7 +219,7 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: 
         "python benchmarks/rate_targets.py --model gainedvae/weights/gained-mbt2018-mean.pt \\",
         "    --model runs/protocol/vbr/ckpt-0008000.pt --single runs/protocol/single-*/ckpt-0008000.pt \\",
         "    -d ../shared/data/kodak --max-images 4 --json results/kodak/rate-targets.json",
-        "python results/peers_report.py --vbr runs/protocol/vbr/ckpt-0008000.pt \\",
+        "python -m results.peers_report --vbr runs/protocol/vbr/ckpt-0008000.pt \\",
         "    --single runs/protocol/single-0.0130/ckpt-0008000.pt     # this file (timings on an idle CPU)",
         "```",
         "",
@@ -234,14 +232,15 @@ def main(argv=None) -> int:
     p.add_argument("--gained", default=str(DEFAULT_CHECKPOINT), help="gained checkpoint (default: the shipped model)")
     p.add_argument("--vbr", required=True, help="mbt2018-mean-vbr checkpoint")
     p.add_argument("--single", required=True, help="single-rate checkpoint at lambda 0.013 (timing, sizes)")
-    p.add_argument("-d", default=str(ROOT.parent / "shared" / "data" / "kodak"))
-    p.add_argument("--max-images", type=int, default=4)
-    p.add_argument("-q", "--quality", type=float, default=4.0)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--bd", type=Path, default=HERE / "kodak" / "peers" / "bd.json")
-    p.add_argument("--targets", type=Path, default=HERE / "kodak" / "rate-targets.json")
-    p.add_argument("--out", type=Path, default=HERE / "kodak" / "peers.md")
+    p.add_argument("-d", default=str(ROOT.parent / "shared" / "data" / "kodak"), help="image folder (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=4, help="images of -d timed (default: %(default)s)")
+    p.add_argument("-q", "--quality", type=float, default=4.0, help="quality of the variable-rate models timed (4: lambda 0.013) (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats per image, interleaved (median) (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--bd", type=Path, default=HERE / "kodak" / "peers" / "bd.json", help="BD-rates of results/evaluate.sh peers (default: %(default)s)")
+    p.add_argument("--targets", type=Path, default=HERE / "kodak" / "rate-targets.json",
+                   help="rate-target counts of benchmarks/rate_targets.py (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=HERE / "kodak" / "peers.md", help="markdown table to write (and its .json) (default: %(default)s)")
     args = p.parse_args(argv)
     result = run(args)
     text = markdown(result, read_json(args.bd, "BD-rates"), read_json(args.targets, "rate targets"), args.bd.parent)

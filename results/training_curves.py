@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from gainedvae.checkpoint import atomic_save, atomic_write_bytes  # noqa: E402
+from gainedvae.checkpoint import atomic_save, atomic_write_bytes
 
 LOGS = ("val_log.jsonl", "train_log.jsonl")
 
@@ -100,13 +99,14 @@ def budget_markdown(rows: list) -> str:
 
 def plot(logs: Path, out: Path) -> None:
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_psnr, ax_bpp) = plt.subplots(1, 2, figsize=(13, 5))
+    fig = Figure(figsize=(13, 5))  # Agg canvas, no pyplot: the process's backend is left alone
+    FigureCanvasAgg(fig)
+    ax_psnr, ax_bpp = fig.subplots(1, 2)
     runs = sorted((p for p in logs.iterdir() if p.is_dir()), key=lambda p: run_order(p.name))
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for run in runs:
         val = read_jsonl(run / "val_log.jsonl")
         if not val:
@@ -138,15 +138,14 @@ def plot(logs: Path, out: Path) -> None:
                  "single-rate: red; VBR peer: dashed)", fontsize=9)
     fig.tight_layout()
     atomic_save(lambda f: fig.savefig(f, format="png", dpi=110), out)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", type=Path, help="copy the logs of these run folders into --logs first")
-    p.add_argument("--logs", type=Path, default=HERE / "logs")
-    p.add_argument("--out", type=Path, default=HERE / "training-curves.png")
-    p.add_argument("--budget", type=Path, default=HERE / "training-budget.md")
+    p.add_argument("--logs", type=Path, default=HERE / "logs", help="folder of the collected run logs (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=HERE / "training-curves.png", help="plot to write (default: %(default)s)")
+    p.add_argument("--budget", type=Path, default=HERE / "training-budget.md", help="budget table to write (default: %(default)s)")
     args = p.parse_args(argv)
     if args.collect:
         collect(args.collect, args.logs)

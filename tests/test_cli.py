@@ -242,6 +242,7 @@ def test_help_and_version(capsys):
     assert main(["--version"]) == 0 and gainedvae.__version__ in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_subprocess_python_m_gainedvae(files, sample, tmp_path):
     """One real process (imports take seconds here): a hostile file through
     ``python -m gainedvae`` gives one error line, status 2, no traceback, no output."""
@@ -473,6 +474,7 @@ def test_batch_refuses_clashes_and_bad_folders_before_any_work(files, second_ima
     assert _lines(stdout)[-1].startswith("1 files: 1 ok, 0 failed; ")
 
 
+@pytest.mark.slow
 def test_help_version_and_info_do_not_import_torch(sample, tmp_path):
     """One process: ``python -m gainedvae --help`` / ``--version`` / ``info FILE`` (and the console
     script's ``gainedvae.cli.main``) leave torch, CompressAI and numpy unimported."""

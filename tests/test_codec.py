@@ -2,7 +2,6 @@ import copy
 import dataclasses
 import math
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -394,11 +393,16 @@ def test_semantic_checks_at_decode(net, sample):
             codec.decode(net, dataclasses.replace(changed, nbytes=0).to_bytes())
 
 
+#: a CodecError for a damaged file names what is wrong with it (one of these)
+DAMAGE = ("corrupt", "truncated", "empty", "not a gainedvae file", "version")
+
+
 def _valid_or_codec_error(net, data):
     try:
         out = codec.decode(net, data)
     except CodecError as err:
-        assert str(err)
+        message = str(err)
+        assert "\n" not in message and any(word in message for word in DAMAGE), message
         return "error"
     c = Container.from_bytes(data)
     assert out.shape == (1, 3, c.height, c.width) and torch.isfinite(out).all()
@@ -416,6 +420,7 @@ def test_garbage_streams_that_crash_compressai_are_survived(net):
         assert _valid_or_codec_error(net, big.to_bytes()) in ("image", "error")
 
 
+@pytest.mark.slow
 def test_fuzz_mutated_bitstreams():
     net = spread_model()
     net.weights_hash = hash_state_dict(net.state_dict())  # as a loaded checkpoint has (saves time per case)
@@ -424,7 +429,6 @@ def test_fuzz_mutated_bitstreams():
              for h, w, q in [(32, 48, 1.5), (17, 64, 3.9), (64, 32, 2.0)]]
     outcomes = {"error": 0, "image": 0}
     kinds = {}
-    start = time.perf_counter()
     n_cases = 1000
     for i in range(n_cases):
         data = seeds[i % len(seeds)]
@@ -469,10 +473,8 @@ def test_fuzz_mutated_bitstreams():
         outcome = _valid_or_codec_error(net, mutated)
         outcomes[outcome] += 1
         kinds[(kind, outcome)] = kinds.get((kind, outcome), 0) + 1
-    elapsed = time.perf_counter() - start
     assert sum(outcomes.values()) == n_cases >= 1000
     assert outcomes["image"] > 100 and outcomes["error"] > 500, kinds  # both paths were exercised
-    assert elapsed < 20, f"fuzzing took {elapsed:.1f} s"
 
 
 def test_encoder_overflow_is_refused_not_corrupting_memory(image):
@@ -484,22 +486,30 @@ def test_encoder_overflow_is_refused_not_corrupting_memory(image):
 
 
 def test_check_encodable_bound_holds(net):
-    """The bound used by check_encodable never underestimates the encoder's output."""
+    """The bound used by check_encodable never underestimates the encoder's output: every case it
+    accepts fits CompressAI's buffer (4 bytes per symbol), some of them nearly filling it; the
+    cases it refuses are not encoded (they would write past the buffer)."""
     from compressai import ans
 
     encoder = ans.RansEncoder()
     rng = np.random.default_rng(5)
+    accepted, refused, fullest = 0, 0, 0.0
     for em in (net.gaussian_conditional, net.entropy_bottleneck):
         cdfs, sizes, offs = em._quantized_cdf.tolist(), em._cdf_length.tolist(), em._offset.tolist()
-        for scale in (1, 30, 3000):
-            n = 400
-            idx = rng.integers(0, len(cdfs), n).tolist()
-            sym = np.round(rng.normal(0, scale, n) * (rng.random(n) < 0.2)).astype(int).tolist()
-            try:
-                codec.check_encodable(sym, idx, cdfs, sizes, offs)
-            except CodecError:
-                continue
-            assert len(encoder.encode_with_indexes(sym, idx, cdfs, sizes, offs)) <= 4 * n
+        for scale in (1, 30, 3000, 1e5, 1e7):
+            for nonzero in (0.2, 1.0):
+                n = 400
+                idx = rng.integers(0, len(cdfs), n).tolist()
+                sym = np.round(rng.normal(0, scale, n) * (rng.random(n) < nonzero)).astype(int).tolist()
+                try:
+                    codec.check_encodable(sym, idx, cdfs, sizes, offs)
+                except CodecError:
+                    refused += 1
+                    continue
+                used = len(encoder.encode_with_indexes(sym, idx, cdfs, sizes, offs)) / (4 * n)
+                assert used <= 1
+                accepted, fullest = accepted + 1, max(fullest, used)
+    assert accepted >= 15 and refused >= 1 and fullest > 0.9  # the bound was tried close to the buffer's end
 
 
 def test_guard_is_idempotent_and_transparent(net, sample):

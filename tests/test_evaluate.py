@@ -16,7 +16,6 @@ from gainedvae import evaluate as ev
 from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture
@@ -92,12 +91,14 @@ def test_eval_writes_json_csv_png_and_bd_table(two_images, checkpoints, tmp_path
             assert im.format == "PNG" and im.size[0] > 300
 
 
+@pytest.mark.slow
 def test_scgain_mode_is_a_clear_message(two_images, checkpoints, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "eval_gain.py"), "--mode", "scgain", "--checkpoint",
                         str(checkpoints[0]), "-d", str(two_images)], capture_output=True, text=True)
     assert r.returncode != 0 and "gained-scgain" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_and_checkpoint_errors(tmp_path, checkpoints):
     for args in (["--checkpoint", checkpoints[0], "-d", tmp_path / "nope"], ["--checkpoint", tmp_path / "x.pt"]):
         r = subprocess.run([sys.executable, str(ROOT / "eval_gain.py"), *map(str, args)], capture_output=True, text=True)

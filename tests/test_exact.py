@@ -247,6 +247,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 def test_files_decode_identically_under_other_kernels(tmp_path):
     """Encode with the default kernels (2 threads), decode in one subprocess per
     configuration: identical latents, pixels within one level of the encoder's decode."""

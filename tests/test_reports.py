@@ -1,20 +1,14 @@
 """The scripts behind results/kodak/peers.md: rate_targets.py and peers_report.py."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 import gainedvae
 from conftest import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "results"))
-
-import peers_report  # noqa: E402
-import rate_targets  # noqa: E402
+from benchmarks import rate_targets
+from results import peers_report
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +18,7 @@ from gainedvae.train import TrainConfig, TrainingError, configure_optimizers, ra
 
 from conftest import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 LAMBDAS = (0.0067, 0.013, 0.025, 0.0483)
-
-
 
 
 def sc_model():
@@ -283,8 +277,10 @@ def test_scgain_training_resumes_bit_identically(image_dir, tmp_path):
     assert a == b and len(a) == 4
 
 
-def test_eval_gain_scgain_mode(tmp_path):
+def test_eval_gain_scgain_mode(tmp_path, capsys):
     from eval_gain import main
+
+    from gainedvae.evaluate_scgain import run_scgain
 
     rng = np.random.default_rng(1)
     d = tmp_path / "imgs"
@@ -315,9 +311,13 @@ def test_eval_gain_scgain_mode(tmp_path):
     for name in ("rd-psnr.png", "rd-ms-ssim.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG"
-    # the wrong kind of checkpoint, or map flags without --mode scgain, are clear errors
-    with pytest.raises(SystemExit, match="gained-scgain"):
-        main(["--mode", "scgain", "--checkpoint", str(gained), "-d", str(d), "--no-progress"])
+    # the wrong kind of checkpoint, or map flags without --mode scgain, are clear errors: the library
+    # raises, the script turns it into exit status 2 and a one-line message
+    with pytest.raises(ValueError, match="needs a gained-scgain checkpoint"):
+        run_scgain(gained, [d / "a.png"], "one image", out, progress=False)
+    capsys.readouterr()
+    assert main(["--mode", "scgain", "--checkpoint", str(gained), "-d", str(d), "--no-progress"]) == 2
+    assert "eval_gain.py: error: --mode scgain needs a gained-scgain checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--mode scgain"):
         main(["--checkpoint", str(gained), "-d", str(d), "--qmap", str(tmp_path / "roi.png"), "--no-progress"])
 
@@ -378,6 +378,7 @@ def _train_tiny():
     return net.eval(), pool[:1]
 
 
+@pytest.mark.slow
 def test_trained_tiny_model_psnr_is_higher_where_q_is_1(trained_tiny):
     net, x = trained_tiny
     ref = to_uint8(x)

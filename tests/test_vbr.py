@@ -1,8 +1,6 @@
 """CompressAI's variable-rate peer (mbt2018-mean-vbr) behind our interface."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +9,6 @@ from compressai.models import MeanScaleHyperprior
 import gainedvae
 from gainedvae.models import MeanScaleHyperpriorVbr, is_variable_rate
 from gainedvae.train import TrainConfig, TrainingError, train
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def test_gains_are_compressai_table_and_interpolate_exponentially():

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import gainedvae  # noqa: E402
-from gainedvae.evaluate import list_images, read_image  # noqa: E402
+import gainedvae
+from gainedvae.evaluate import list_images, read_image
 
 
 @torch.inference_mode()
@@ -44,10 +43,10 @@ def log_ratios(net, images, quality: float) -> torch.Tensor:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("-d", default="../shared/data/kodak")
-    p.add_argument("--max-images", type=int, default=4)
-    p.add_argument("--quality", type=float, default=4.0)
+    p.add_argument("checkpoint", help="checkpoint of a model trained with --entropy-model asymmetric")
+    p.add_argument("-d", default="../shared/data/kodak", help="image folder (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=4, help="images of -d used (default: %(default)s)")
+    p.add_argument("--quality", type=float, default=4.0, help="quality at which the scales are compared (default: %(default)s)")
     args = p.parse_args(argv)
     net = gainedvae.load_checkpoint(args.checkpoint)
     a = log_ratios(net, list_images(Path(args.d), args.max_images), args.quality).abs()
