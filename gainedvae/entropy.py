@@ -64,18 +64,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai._CXX import pmf_to_quantized_cdf as _pmf_to_quantized_cdf
-from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.ans import BufferedRansEncoder
 from compressai.entropy_models import GaussianConditional, GaussianMixtureConditional
 from torch import Tensor, nn
 
+from .rans import MAX_SYMBOL, rans_decoder
+
 __all__ = [
     "ENTROPY_MODELS",
-    "MAX_SYMBOL",
     "AsymmetricGaussianConditional",
     "GMMConditional",
     "check_latent",
     "configure_entropy_model",
-    "rans_decoder",
     "split_entropy_params",
 ]
 
@@ -83,13 +83,8 @@ __all__ = [
 ENTROPY_MODELS = ("gaussian", "asymmetric", "gmm")
 
 
-#: Latent magnitudes from which rANS coding is refused (CompressAI's C++
-#: coder computes ``2 * value`` in int32 and can loop forever beyond 2**30).
-MAX_SYMBOL = 1 << 28
-
-
 def check_latent(values: Tensor, what: str = "latent") -> None:
-    """Raise ``ValueError`` unless ``values`` are finite and below :data:`MAX_SYMBOL` in magnitude."""
+    """Raise ``ValueError`` unless ``values`` are finite and below :data:`gainedvae.rans.MAX_SYMBOL` in magnitude."""
     if values.numel() == 0:
         return
     if not torch.isfinite(values).all():
@@ -97,24 +92,6 @@ def check_latent(values: Tensor, what: str = "latent") -> None:
     peak = float(values.detach().abs().max())
     if peak >= MAX_SYMBOL:
         raise ValueError(f"{what} magnitude {peak:.3g} is far outside any entropy model's range (cannot be rANS-coded)")
-
-
-def rans_decoder(stream: bytes, n_symbols: int) -> RansDecoder:
-    """A :class:`compressai.ans.RansDecoder` set to ``stream`` for decoding
-    ``n_symbols`` symbols one call at a time (``decode_stream``).
-
-    The stream is zero-padded by :func:`gainedvae.codec.rans_padding` so that
-    a corrupt stream cannot make the decoder read past its buffer (a valid one
-    decodes exactly as without padding): the same guard the codec puts on the
-    entropy models' own ``decode_with_indexes``.
-    """
-    from .codec import rans_padding  # imported here: the codec imports the models
-
-    if not isinstance(stream, (bytes, bytearray)):
-        raise ValueError(f"a stream must be bytes, got {type(stream).__name__}")
-    decoder = RansDecoder()
-    decoder.set_stream(bytes(stream) + bytes(rans_padding(bytes(stream), n_symbols)))
-    return decoder
 
 
 def _check_strings(strings, batch: int) -> None:

@@ -25,8 +25,9 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_save
-from .codec import load_image
+from .atomic import atomic_save
+from .container import FORMAT_VERSION
+from .imageio import load_image
 from .data import IMAGE_EXTENSIONS
 from .metrics import ms_ssim, ms_ssim_db, psnr, to_uint8
 from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, pad_to_multiple
@@ -144,7 +145,7 @@ def default_images() -> Tuple[List[Path], str]:
 
 def read_image(path: Path) -> Tensor:
     """``(1, 3, H, W)`` uint8 tensor of an image file, converted to 8-bit RGB exactly
-    as the codec converts its input (:func:`gainedvae.codec.load_image`)."""
+    as the codec converts its input (:func:`gainedvae.imageio.load_image`)."""
     return torch.from_numpy(load_image(path)).permute(2, 0, 1)[None]
 
 
@@ -205,8 +206,6 @@ def evaluate_model(
     cache = cache or RowCache(None)
     model_key = getattr(net, "weights_hash", None)
     if model_key:  # the bits also depend on how gainedvae codes (scale table, ...): the container version
-        from .codec import FORMAT_VERSION
-
         model_key = f"{model_key}|coding-v{FORMAT_VERSION}"
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=desc or "evaluate", dynamic_ncols=True)
     for path in images:

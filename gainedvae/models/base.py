@@ -77,6 +77,8 @@ class GainedModel:
 
     lambdas: Tuple[float, ...]
     gain: LatentGains
+    #: ``forward`` / ``analysis`` / ``compress`` take ``qmap=`` (``gained-scgain``).
+    takes_qmap: bool = False
 
     def _init_gains(self, lambdas: Sequence[float], M: int, N: int) -> None:
         self.lambdas = validate_lambdas(lambdas)
