@@ -137,7 +137,7 @@ def model_identity(net: nn.Module) -> Tuple[str, str]:
     present, else hashes the current state dict.
     """
     name = require_gained(net)
-    full = getattr(net, "weights_hash", None) or hash_state_dict(net.state_dict())
+    full = net.weights_hash or hash_state_dict(net.state_dict())
     return name, full[: 2 * HASH_BYTES]
 
 
@@ -317,7 +317,7 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
             f"models write; the loaded model {name!r} has no quality-map support"
         )
     if c.model != name or c.weights_hash != hash_prefix:
-        where = getattr(net, "checkpoint_path", None)
+        where = net.checkpoint_path
         raise CodecError(
             f"the file was made with {_describe(c.model, c.weights_hash)} but the loaded model is "
             f"{_describe(name, hash_prefix)}{f' from {where}' if where else ''}; decode it with the same checkpoint"

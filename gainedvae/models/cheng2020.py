@@ -29,7 +29,7 @@ from compressai.models import Cheng2020Attention
 from torch import Tensor, nn
 
 from ..entropy import GMMConditional, check_latent, rans_decoder
-from .base import DEFAULT_LAMBDAS
+from .rate import DEFAULT_LAMBDAS
 from .context import GainedContextModel, raster_scan
 
 __all__ = ["Cheng2020AttentionGMM", "GainedCheng2020AttentionGMM"]
@@ -206,3 +206,8 @@ class GainedCheng2020AttentionGMM(GainedContextModel, Cheng2020AttentionGMM):
     def __init__(self, N: int = 192, M: Optional[int] = None, lambdas: Sequence[float] = DEFAULT_LAMBDAS, K: int = 3, **kwargs):
         super().__init__(N=N, M=M, K=K, **kwargs)
         self._init_gains(lambdas, N, N)
+
+    # y coding: the single-rate twin's (GainedModel's abstract hooks come first in the MRO)
+    _y_forward = Cheng2020AttentionGMM._y_forward
+    _y_compress = Cheng2020AttentionGMM._y_compress
+    _y_decompress = Cheng2020AttentionGMM._y_decompress

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from .. import tiling
 from ..entropy import check_latent, rans_decoder
-from .base import DEFAULT_LAMBDAS, GainedModel
+from .base import GainedModel
+from .rate import DEFAULT_LAMBDAS
 
 __all__ = ["GainedCheckerboard", "GainedContextModel", "GainedJointAutoregressive", "raster_scan"]
 

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from .. import exact, tiling
 from ..entropy import configure_entropy_model, split_entropy_params, widen_gaussian_state
-from .base import DEFAULT_LAMBDAS, GainedModel
+from .base import GainedModel
+from .rate import DEFAULT_LAMBDAS
 
 
 class GainedHyperprior(GainedModel):
@@ -53,11 +54,10 @@ class GainedHyperprior(GainedModel):
         kind = getattr(self, "entropy_model", "gaussian")
         return {} if kind == "gaussian" else {"entropy_model": kind}
 
-    def load_backbone_state_dict(self, state_dict) -> None:
-        """As :meth:`GainedModel.load_backbone_state_dict`; a Gaussian backbone also
-        loads into the asymmetric / GMM variants, which then start as that Gaussian
-        (:func:`~gainedvae.entropy.widen_gaussian_state`)."""
-        super().load_backbone_state_dict(widen_gaussian_state(self, state_dict))
+    def _backbone_state(self, state_dict):
+        """A Gaussian backbone also loads into the asymmetric / GMM variants, which then
+        start as that Gaussian (:func:`~gainedvae.entropy.widen_gaussian_state`)."""
+        return widen_gaussian_state(self, state_dict)
 
     def _coding_params(self, z_hat: Tensor, q: Tensor) -> Tensor:
         """The entropy parameters for coding: ``h_s(z_hat × IG_z(q))`` in fixed point
