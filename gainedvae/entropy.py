@@ -78,6 +78,7 @@ from compressai.ans import BufferedRansEncoder
 from compressai.entropy_models import GaussianConditional, GaussianMixtureConditional
 from torch import Tensor, nn
 
+from .exact import exact_log_spaced
 from .rans import MAX_SYMBOL, rans_decoder
 
 __all__ = [
@@ -615,8 +616,6 @@ def scale_table() -> Tensor:
     """
     global _SCALE_TABLE
     if _SCALE_TABLE is None:
-        from .exact import exact_log_spaced
-
         _SCALE_TABLE = torch.tensor(exact_log_spaced(0.11, 256.0, SCALE_TABLE_LEVELS), dtype=torch.float32)
     return _SCALE_TABLE.clone()
 
