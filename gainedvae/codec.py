@@ -20,12 +20,12 @@ corrupted container, other weights) raises :class:`CodecError`, a
 This module is the data flow of one file; each concern below it has its own module,
 whose public names are re-exported here:
 
-========================== =====================================================
-:mod:`gainedvae.container` byte layout, parsing, size limits (torch-free)
-:mod:`gainedvae.imageio`   image files and arrays <-> 8-bit RGB (``load_image``, ...)
-:mod:`gainedvae.rans`      guards for CompressAI's rANS coder (hostile streams)
+============================ ==========================================================
+:mod:`gainedvae.container`   byte layout, parsing, size limits (torch-free)
+:mod:`gainedvae.imageio`     image files and arrays <-> 8-bit RGB (``load_image``, ...)
+:mod:`gainedvae.rans`        guards for CompressAI's rANS coder (hostile streams)
 :mod:`gainedvae.ratecontrol` the quality search of :func:`encode_to_bpp` / :func:`encode_to_psnr`
-========================== =====================================================
+============================ ==========================================================
 
 Encode: image -> ``net.analysis`` (quality-independent) -> ``net.compress_analysed``
 at ``q`` -> ``[y, z]`` streams -> :class:`Container` bytes. Decode: bytes ->
