@@ -88,7 +88,7 @@ def padded_size(n: int, factor: int = PAD_FACTOR) -> int:
     """``n`` rounded up to a multiple of ``factor``: ``ceil(n / factor) * factor``.
 
     The one rounding rule of the library: the models pad their input to it
-    (:func:`gainedvae.models.base.pad_to_multiple`), their latents are
+    (:func:`gainedvae.models.rate.pad_to_multiple`), their latents are
     ``padded_size(n, f) / f`` long, and the size limits below count padded pixels.
     """
     return -(-int(n) // factor) * factor

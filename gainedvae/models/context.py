@@ -213,7 +213,7 @@ class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchi
         return y_hat
 
 
-class GainedCheckerboard(GainedContextModel, JointAutoregressiveHierarchicalPriors):
+class GainedCheckerboard(GainedJointAutoregressive):
     r"""``gained-mbt2018`` with the checkerboard context of He et al.,
     "Checkerboard Context Model for Efficient Learned Image Compression",
     CVPR 2021 (CompressAI's ``Cheng2020AnchorCheckerboard`` uses the same
@@ -231,24 +231,17 @@ class GainedCheckerboard(GainedContextModel, JointAutoregressiveHierarchicalPrio
         2. non-anchors, context from the decoded anchors:                 ■ ◌ ■ ◌
                                                                           ◌ ■ ◌ ■
 
-    One rANS string per image holds the anchors, then the non-anchors.
-
-    Args:
-        N (int): channels of the transforms and of ``z``
-        M (int): channels of ``y``
-        lambdas (sequence of float): one lambda per level, increasing
+    One rANS string per image holds the anchors, then the non-anchors. Arguments,
+    transforms and tiling are :class:`GainedJointAutoregressive`'s; the ``_y_*``
+    coders are its own.
     """
 
-    analysis_tiling = tiling.ANALYSIS  # CompressAI's 4-layer g_a / g_s: tiles without gradients
-    synthesis_tiling = tiling.SYNTHESIS
-
     def __init__(self, N: int = 192, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
-        super().__init__(N=N, M=M, **kwargs)
+        super().__init__(N=N, M=M, lambdas=lambdas, **kwargs)
         self.context_prediction = CheckerboardMaskedConv2d(M, 2 * M, kernel_size=5, padding=2, stride=1)
         # Our own copy of the mask (not in the state dict): loading weights
         # saved from a raster-context model cannot turn this into one.
         self.register_buffer("_checkerboard_mask", self.context_prediction.mask.clone(), persistent=False)
-        self._init_gains(lambdas, M, N)
 
     @staticmethod
     def _anchors(H: int, W: int, device) -> Tensor:
