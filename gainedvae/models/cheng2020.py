@@ -179,6 +179,13 @@ class GainedCheng2020AttentionGMM(GainedContextModel, Cheng2020AttentionGMM):
     gained data flow of :class:`~gainedvae.models.context.GainedContextModel`
     (``forward(x, level=|quality=)``, ``compress(x, quality)``,
     ``decompress(strings, shape, quality)`` with the image size as ``shape``).
+    Where each part lives:
+
+    .. code-block:: none
+
+        x ─► g_a ─► ×G_y(q) ─► h_a ─► ×G_z(q) ─► EB ─► ×IG_z(q) ─► h_s ─► params    GainedModel (models/base.py)
+        y, params ─► round(y), CP + EP ─► GMM (K x weight, mean, scale) ─► rANS       _y_* of Cheng2020AttentionGMM
+        y_hat ─► ×IG_y(q) ─► g_s ─► x_hat                                           GainedModel; g_a, g_s: CompressAI
 
     Args:
         N (int): channels of everything (the latent too)
