@@ -38,7 +38,7 @@ import torch
 from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
 from gainedvae.entropy import update_entropy_tables  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402
-from gainedvae.models import get_model, is_variable_rate, model_name, pad_to_multiple  # noqa: E402
+from gainedvae.models import code, get_model, is_variable_rate, model_name  # noqa: E402
 
 #: (family, (registry name, kwargs) of the gained model, (name, kwargs) of its twin)
 FAMILIES = [
@@ -112,25 +112,10 @@ def copy_matching(net: torch.nn.Module, trained: Dict[str, torch.Tensor]):
     return len(fit), len(own)
 
 
-@torch.inference_mode()
 def time_one(net, x: torch.Tensor, quality: float):
-    """(encode s, decode s, bytes) for one image."""
-    h, w = x.shape[-2:]
-    if is_variable_rate(net):
-        t0 = time.perf_counter()
-        enc = net.compress(x, quality)
-        t1 = time.perf_counter()
-        net.decompress(enc["strings"], enc["shape"], quality)
-        t2 = time.perf_counter()
-    else:
-        xp = pad_to_multiple(x, net.downsampling_factor)
-        t0 = time.perf_counter()
-        enc = net.compress(xp)
-        t1 = time.perf_counter()
-        net.decompress(enc["strings"], enc["shape"])["x_hat"][..., :h, :w]
-        t2 = time.perf_counter()
-    nbytes = sum(len(s) for group in enc["strings"] for s in group)
-    return t1 - t0, t2 - t1, nbytes
+    """(encode s, decode s, bytes) for one image (single-rate twins at their only rate)."""
+    coded = code(net, x, quality if is_variable_rate(net) else None)
+    return coded.encode_s, coded.decode_s, coded.nbytes
 
 
 def load_images(args) -> List[torch.Tensor]:

@@ -28,17 +28,14 @@ import torch
 
 from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
 from gainedvae.evaluate import list_images, read_image  # noqa: E402
-from gainedvae.models import is_variable_rate, model_name, pad_to_multiple  # noqa: E402
+from gainedvae.models import is_variable_rate, model_name, rate_model, stream_bytes  # noqa: E402
 
 
 @torch.inference_mode()
 def stream_bpp(net, x: torch.Tensor, quality=None) -> float:
+    """Bits per pixel of ``net``'s rANS streams for ``x`` (``quality=None``: a single-rate model)."""
     h, w = x.shape[-2:]
-    if quality is None:
-        enc = net.compress(pad_to_multiple(x, net.downsampling_factor))
-    else:
-        enc = net.compress(x, quality)
-    return 8 * sum(len(s) for group in enc["strings"] for s in group) / (h * w)
+    return 8 * stream_bytes(rate_model(net).compress(x, quality)["strings"]) / (h * w)
 
 
 def hit(net, x, target: float, tol: float, max_iter: int, ends: Dict[float, float]) -> Dict:

@@ -32,13 +32,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_save, atomic_write_bytes  # noqa: F401  (also imported from here by scripts)
 from .entropy import update_entropy_tables
 from .models import MODELS, get_model, is_variable_rate, model_name
 
@@ -52,45 +52,6 @@ PathLike = Union[str, os.PathLike]
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (missing, unsafe, or malformed)."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    atomic_save(lambda f: f.write(data), path)
-
-
-def atomic_save(writer, path: PathLike) -> None:
-    """Call ``writer(fileobj)`` on a temp file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise _about(err, path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename in (tmp, None):
-            raise _about(err, path) from None
-        raise
-
-
-def _about(err: OSError, path: Path) -> OSError:
-    """``err`` naming the output ``path`` instead of the temporary file being written."""
-    return type(err)(err.errno, err.strerror or str(err), str(path))
 
 
 def model_config(model: nn.Module) -> Dict[str, Any]:

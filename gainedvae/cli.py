@@ -193,7 +193,7 @@ def _check_single_output(args, inputs: Sequence[str], suffix: str) -> Path:
 
 def _compress_file(args, src: str, out: Path, model: Callable) -> Done:
     from . import codec
-    from .checkpoint import atomic_write_bytes
+    from .atomic import atomic_write_bytes
 
     image = codec.load_image(src, max_pixels=_max_pixels(args))
     net = model()

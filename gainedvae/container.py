@@ -1,8 +1,11 @@
 """The ``.gvae`` container: byte layout, parsing and validation, without torch.
 
-Split out of :mod:`gainedvae.codec` (which re-exports every name here) so that
+Split out of :mod:`gainedvae.codec` (which re-exports its public names) so that
 ``gainedvae info`` and the command line's start-up need neither torch nor
-CompressAI; the byte layout is documented in ``docs/format.md``.
+CompressAI; the byte layout is documented in ``docs/format.md``. Also the size
+rules every layer shares: images are padded to multiples of :data:`PAD_FACTOR`
+(:func:`padded_size`, the one rounding rule) and limited in padded pixels
+(:func:`check_pixels`). Imports the standard library only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ __all__ = [
     "MAGIC",
     "MAX_DIM",
     "MAX_FILE_BYTES",
+    "PAD_FACTOR",
+    "check_pixels",
+    "decode_memory_bytes",
+    "padded_pixels",
+    "padded_size",
     "read_container",
 ]
 
@@ -66,6 +74,52 @@ _CRC = struct.Struct(">I")
 
 class CodecError(ValueError):
     """An image or ``.gvae`` file that cannot be coded or decoded."""
+
+
+# ---------------------------------------------------------------------------
+# Image sizes
+# ---------------------------------------------------------------------------
+
+#: Spatial downsampling factor of every gained model: images are padded to a multiple of it.
+PAD_FACTOR = 64
+
+
+def padded_size(n: int, factor: int = PAD_FACTOR) -> int:
+    """``n`` rounded up to a multiple of ``factor``: ``ceil(n / factor) * factor``.
+
+    The one rounding rule of the library: the models pad their input to it
+    (:func:`gainedvae.models.rate.pad_to_multiple`), their latents are
+    ``padded_size(n, f) / f`` long, and the size limits below count padded pixels.
+    """
+    return -(-int(n) // factor) * factor
+
+
+def padded_pixels(height: int, width: int, factor: int = PAD_FACTOR) -> int:
+    """Pixels of a ``height x width`` image padded to multiples of ``factor``."""
+    return padded_size(height, factor) * padded_size(width, factor)
+
+
+def decode_memory_bytes(height: int, width: int) -> int:
+    """About how many bytes decoding a ``height x width`` image needs."""
+    return DECODE_BYTES_PER_PIXEL * padded_pixels(height, width)
+
+
+def gigabytes(nbytes: float) -> str:
+    """``nbytes`` as ``"1.2 GB"`` for messages."""
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+def check_pixels(height: int, width: int, max_pixels: Optional[int], what: str) -> None:
+    """:class:`CodecError` when the padded ``height x width`` exceeds ``max_pixels`` (None: no limit)."""
+    if max_pixels is None:
+        return
+    padded = padded_pixels(height, width)
+    if padded > max_pixels:
+        raise CodecError(
+            f"{what} is {height}x{width} pixels ({padded} when padded to multiples of {PAD_FACTOR}), more than "
+            f"max_pixels={max_pixels}; coding it needs about {gigabytes(decode_memory_bytes(height, width))} "
+            "(raise the limit with max_pixels= / --max-pixels if this machine has the memory)"
+        )
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
+from .imageio import to_rgb8
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
@@ -94,7 +96,7 @@ def split_dataset(
 
 
 def load_rgb(ref: ImageRef) -> Image.Image:
-    """Open an image reference as 8-bit RGB."""
+    """Open an image reference as 8-bit RGB (:func:`gainedvae.imageio.to_rgb8`)."""
     try:
         if isinstance(ref, tuple):
             with tarfile.open(ref[0]) as tar:
@@ -103,12 +105,10 @@ def load_rgb(ref: ImageRef) -> Image.Image:
         else:
             img = Image.open(ref)
         img.load()
+        rgb = to_rgb8(img, ref)  # the codec's conversion (16-bit: round(v / 257))
     except Exception as err:
         raise DataError(f"cannot read image {ref}: {err}") from None
-    if img.mode == "I;16" or img.mode == "I":
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr / (256.0 if arr.max() > 255 else 1.0), 0, 255).astype(np.uint8))
-    return img.convert("RGB")
+    return Image.fromarray(rgb)
 
 
 def _downscale_if_jpeg(img: Image.Image, ref: ImageRef, patch: int) -> Image.Image:

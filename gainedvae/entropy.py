@@ -1,13 +1,23 @@
-"""Entropy models beyond CompressAI's Gaussian: asymmetric Gaussian and GMM.
+"""The conditional entropy models of ``y``: CompressAI's Gaussian with cached tables,
+the asymmetric Gaussian and the GMM.
 
-Both are drop-in replacements for :class:`compressai.entropy_models.GaussianConditional`
+All are drop-in replacements for :class:`compressai.entropy_models.GaussianConditional`
 inside a hyperprior's data flow: they are called exactly like it
 (``cond(y, scales, means=...)``, ``cond.build_indexes(scales)``,
 ``cond.compress(y, indexes, means=...)``, ``cond.decompress(strings, indexes,
 dtype, means=...)``), only ``scales`` carries more than one number per latent
 element (the "packed" parameters below). A model switches with
-``entropy_model="gaussian" | "asymmetric" | "gmm"`` (see :func:`configure_entropy_model`).
-All of them code with CompressAI's rANS coder (:mod:`compressai.ans`).
+``entropy_model="gaussian" | "asymmetric" | "gmm"`` (:data:`CONDITIONALS`,
+:func:`configure_entropy_model`). Each class owns what differs between them:
+
+* ``params_per_element(with_means)``: channels of ``h_s``'s output per latent channel;
+* ``conditional_params(h, with_means)``: ``(scales, means)`` from ``h_s``'s output;
+* ``widen_gaussian(t, dim, with_means, spread)``: a Gaussian model's last ``h_s``
+  layer in its layout (:func:`widen_gaussian_state`, the shared start);
+* its coding tables (:meth:`TableGaussianConditional.coder_tables`, the pair CDFs
+  of the asymmetric model, the per-element CDFs of the GMM).
+
+All of them code with CompressAI's rANS coder (:mod:`compressai.ans`), guarded by :mod:`gainedvae.rans`.
 
 :class:`AsymmetricGaussianConditional`
     The asymmetric ("split") Gaussian of Cui et al., CVPR 2021 (the "A" of
@@ -64,32 +74,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from compressai._CXX import pmf_to_quantized_cdf as _pmf_to_quantized_cdf
-from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.ans import BufferedRansEncoder
 from compressai.entropy_models import GaussianConditional, GaussianMixtureConditional
 from torch import Tensor, nn
 
+from .exact import exact_log_spaced
+from .rans import MAX_SYMBOL, rans_decoder
+
 __all__ = [
+    "CONDITIONALS",
     "ENTROPY_MODELS",
-    "MAX_SYMBOL",
     "AsymmetricGaussianConditional",
     "GMMConditional",
+    "TableGaussianConditional",
     "check_latent",
     "configure_entropy_model",
-    "rans_decoder",
-    "split_entropy_params",
+    "widen_gaussian_state",
 ]
-
-#: Values of the ``entropy_model`` option of the gained hyperprior models.
-ENTROPY_MODELS = ("gaussian", "asymmetric", "gmm")
-
-
-#: Latent magnitudes from which rANS coding is refused (CompressAI's C++
-#: coder computes ``2 * value`` in int32 and can loop forever beyond 2**30).
-MAX_SYMBOL = 1 << 28
 
 
 def check_latent(values: Tensor, what: str = "latent") -> None:
-    """Raise ``ValueError`` unless ``values`` are finite and below :data:`MAX_SYMBOL` in magnitude."""
+    """Raise ``ValueError`` unless ``values`` are finite and below :data:`gainedvae.rans.MAX_SYMBOL` in magnitude."""
     if values.numel() == 0:
         return
     if not torch.isfinite(values).all():
@@ -97,24 +102,6 @@ def check_latent(values: Tensor, what: str = "latent") -> None:
     peak = float(values.detach().abs().max())
     if peak >= MAX_SYMBOL:
         raise ValueError(f"{what} magnitude {peak:.3g} is far outside any entropy model's range (cannot be rANS-coded)")
-
-
-def rans_decoder(stream: bytes, n_symbols: int) -> RansDecoder:
-    """A :class:`compressai.ans.RansDecoder` set to ``stream`` for decoding
-    ``n_symbols`` symbols one call at a time (``decode_stream``).
-
-    The stream is zero-padded by :func:`gainedvae.codec.rans_padding` so that
-    a corrupt stream cannot make the decoder read past its buffer (a valid one
-    decodes exactly as without padding): the same guard the codec puts on the
-    entropy models' own ``decode_with_indexes``.
-    """
-    from .codec import rans_padding  # imported here: the codec imports the models
-
-    if not isinstance(stream, (bytes, bytearray)):
-        raise ValueError(f"a stream must be bytes, got {type(stream).__name__}")
-    decoder = RansDecoder()
-    decoder.set_stream(bytes(stream) + bytes(rans_padding(bytes(stream), n_symbols)))
-    return decoder
 
 
 def _check_strings(strings, batch: int) -> None:
@@ -134,6 +121,27 @@ class TableGaussianConditional(GaussianConditional):
     the (lower-bounded) scale, which is exactly CompressAI's result. Same state
     dict, same likelihoods, same bitstreams.
     """
+
+    #: The ``entropy_model`` option's value for this conditional.
+    kind = "gaussian"
+
+    # -- what h_s predicts for it (the entropy_model option) ---------------------
+
+    def params_per_element(self, with_means: bool) -> int:
+        """Channels of ``h_s``'s output per latent channel: ``s, mu`` (2) or ``s`` (1)."""
+        return 2 if with_means else 1
+
+    def conditional_params(self, h: Tensor, with_means: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(scales, means)`` of :meth:`forward` / :meth:`build_indexes` from ``h_s``'s output ``h``."""
+        if with_means:
+            scales, means = h.chunk(2, 1)
+            return scales, means
+        return h, None
+
+    def widen_gaussian(self, t: Tensor, dim: int, with_means: bool, spread: float) -> Tensor:
+        """``h_s``'s last-layer weight or bias ``t`` of a Gaussian model in this layout
+        (channel axis ``dim``), so that this model starts as that Gaussian: unchanged here."""
+        return t
 
     def build_indexes(self, scales: Tensor) -> Tensor:
         scales = self.lower_bound_scale(scales)
@@ -168,6 +176,15 @@ class TableGaussianConditional(GaussianConditional):
     def _coder_args(self, indexes: Tensor) -> Tuple[List[int], List[List[int]], List[int], List[int]]:
         """``(indexes, cdfs, cdf_lengths, offsets)`` of one image for the rANS coder."""
         return (indexes.reshape(-1).int().tolist(), *self.coder_tables())
+
+    def compact_coder_args(self, indexes: Tensor) -> Tuple[List[int], List[List[int]], List[int], List[int]]:
+        """:meth:`_coder_args` with only the CDFs ``indexes`` use, renumbered (the coder
+        converts every CDF handed to it on every call: the context models' per-position
+        calls would pay for the whole table each time). Same symbols as the full table."""
+        cdfs, lengths, offsets = self.coder_tables()
+        unique, inverse = torch.unique(indexes.reshape(-1), return_inverse=True)
+        used = unique.tolist()
+        return inverse.tolist(), [cdfs[u] for u in used], [lengths[u] for u in used], [offsets[u] for u in used]
 
     def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
         """As :meth:`EntropyModel.compress` (same bytes), with the cached coder tables."""
@@ -214,9 +231,29 @@ class AsymmetricGaussianConditional(TableGaussianConditional):
     channels); ``means`` as in :class:`GaussianConditional`.
     """
 
+    kind = "asymmetric"
+
     def __init__(self, scale_table: Optional[Sequence[float]] = None, **kwargs):
         super().__init__(scale_table, **kwargs)
         self._pair_cache: Dict[int, Tuple[List[int], int]] = {}
+
+    # -- what h_s predicts ----------------------------------------------------
+
+    def params_per_element(self, with_means: bool) -> int:
+        """``s_l, s_r, mu`` (3) or ``s_l, s_r`` (2; mode at 0)."""
+        return 3 if with_means else 2
+
+    def conditional_params(self, h: Tensor, with_means: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(cat(s_l, s_r), means)`` from ``h = cat(s_l, s_r, mu)`` (or ``cat(s_l, s_r)``)."""
+        if with_means:
+            left, right, means = h.chunk(3, 1)
+            return torch.cat((left, right), 1), means
+        return h, None
+
+    def widen_gaussian(self, t: Tensor, dim: int, with_means: bool, spread: float) -> Tensor:
+        """The Gaussian's ``s`` as both ``s_l`` and ``s_r``: the same likelihood bit for bit."""
+        scales, means = t.chunk(2, dim) if with_means else (t, None)
+        return torch.cat((scales, scales) + ((means,) if with_means else ()), dim)
 
     # -- likelihood ---------------------------------------------------------
 
@@ -324,8 +361,34 @@ class GMMConditional(GaussianMixtureConditional):
         super().__init__(K, scale_table, **kwargs)
         self.window_cap = int(window_cap)
 
+    kind = "gmm"
+
     def update(self):
         """Nothing to tabulate: the CDFs are built per element at coding time."""
+
+    # -- what h_s predicts ----------------------------------------------------
+
+    def params_per_element(self, with_means: bool) -> int:
+        """``logits, mu, s`` of ``K`` components (``3K``) or ``logits, s`` (``2K``; all means 0)."""
+        return 3 * self.K if with_means else 2 * self.K
+
+    def conditional_params(self, h: Tensor, with_means: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """``(packed, None)``: the packed ``cat(logits, means, scales)`` go where the
+        Gaussian's scales go (means are zero without ``with_means``)."""
+        if with_means:
+            return h, None
+        logits, scales = h.chunk(2, 1)
+        return torch.cat((logits, torch.zeros_like(scales), scales), 1), None
+
+    def widen_gaussian(self, t: Tensor, dim: int, with_means: bool, spread: float) -> Tensor:
+        """``K`` copies of the Gaussian's mean and scale with equal weights (zero logits);
+        component ``k``'s scale times ``spread ** (k - (K - 1) / 2)`` (identical components
+        would stay identical under gradient descent; ``spread = 1`` keeps the Gaussian exactly)."""
+        K = self.K
+        scales, means = t.chunk(2, dim) if with_means else (t, None)
+        logits = torch.zeros_like(torch.cat([scales] * K, dim))
+        scale_k = torch.cat([scales * spread ** (k - (K - 1) / 2) for k in range(K)], dim)
+        return torch.cat((logits, torch.cat([means] * K, dim), scale_k) if with_means else (logits, scale_k), dim)
 
     # -- parameters ---------------------------------------------------------
 
@@ -394,6 +457,47 @@ class GMMConditional(GaussianMixtureConditional):
         step = max(1, self.chunk_entries // (2 * window + 3))
         return [(a, min(n, a + step)) for a in range(0, n, step)]
 
+    def encode_elements(self, encoder, symbols: Tensor, params, centres: Tensor, window: int) -> None:
+        """Queue the ``symbols`` (``round(y) - centre + window``, shape ``(n,)``) of ``n``
+        elements with mixture parameters ``params = (scales, means, weights)`` (each
+        ``(K, n)``) on a :class:`~compressai.ans.BufferedRansEncoder`, one CDF per element
+        (:meth:`element_cdfs`, built in chunks of about :attr:`chunk_entries` entries)."""
+        s, m, w = params
+        for a, b in self._chunks(centres.numel(), window):
+            cdf = self.element_cdfs(s[:, a:b], m[:, a:b], w[:, a:b], centres[a:b], window)
+            n = b - a
+            encoder.encode_with_indexes(symbols[a:b].tolist(), list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n)
+
+    def decode_elements(self, decoder, params, centres: Tensor, window: int) -> Tensor:
+        """The ``round(y)`` of ``n`` elements from ``decoder`` (:func:`~gainedvae.rans.rans_decoder`):
+        the inverse of :meth:`encode_elements` with the same parameters."""
+        s, m, w = params
+        values: List[int] = []
+        for a, b in self._chunks(centres.numel(), window):
+            cdf = self.element_cdfs(s[:, a:b], m[:, a:b], w[:, a:b], centres[a:b], window)
+            n = b - a
+            values.extend(decoder.decode_stream(list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n))
+        return torch.tensor(values, dtype=centres.dtype) - window + centres
+
+    def encode_image(self, nonzero: Tensor, values: Sequence[Tensor], params: Sequence[Tuple[Tensor, Tensor, Tensor]]) -> bytes:
+        """One image's byte string: :meth:`header` (window, bitmap of the ``nonzero``
+        channels), then the rANS stream of the groups of elements ``j`` in order
+        (``values[j]``: their ``round(y)``, ``(n_j,)``; ``params[j]``: their ``(K, n_j)``
+        mixture parameters). The hyperprior codes the whole latent as one group, the
+        context model one group per position (the decoder's order)."""
+        centres = [self.centres(m, w) for _, m, w in params]
+        residual = torch.cat([v - c for v, c in zip(values, centres)])
+        check_latent(residual, "GMM residual")
+        window = self.window_for(residual)
+        symbols = (residual + window).int()
+        encoder = BufferedRansEncoder()
+        start = 0
+        for p, c in zip(params, centres):
+            self.encode_elements(encoder, symbols[start : start + c.numel()], p, c, window)
+            start += c.numel()
+        # (an all-zero latent has no symbols: no stream; flushing an empty rANS encoder crashes)
+        return self.header(window, nonzero) + (encoder.flush() if residual.numel() else b"")
+
     def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
         """One self-contained byte string per image; ``indexes`` are the packed parameters."""
         if means is not None:
@@ -403,19 +507,8 @@ class GMMConditional(GaussianMixtureConditional):
         for i in range(inputs.size(0)):
             nonzero = y_round[i].reshape(y_round.size(1), -1).abs().sum(1) != 0
             channels = torch.nonzero(nonzero).flatten()
-            s, m, w = self.flat_params(indexes[i : i + 1], channels)
-            centres = self.centres(m, w)
-            residual = y_round[i, channels].reshape(-1) - centres
-            check_latent(residual, "GMM residual")
-            window = self.window_for(residual)
-            symbols = (residual + window).int()
-            encoder = BufferedRansEncoder()
-            for a, b in self._chunks(centres.numel(), window):
-                cdf = self.element_cdfs(s[:, a:b], m[:, a:b], w[:, a:b], centres[a:b], window)
-                n = b - a
-                encoder.encode_with_indexes(symbols[a:b].tolist(), list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n)
-            # (an all-zero latent has no symbols: no stream; flushing an empty rANS encoder crashes)
-            strings.append(self.header(window, nonzero) + (encoder.flush() if centres.numel() else b""))
+            params = self.flat_params(indexes[i : i + 1], channels)
+            strings.append(self.encode_image(nonzero, [y_round[i, channels].reshape(-1)], [params]))
         return strings
 
     def decompress(
@@ -434,15 +527,10 @@ class GMMConditional(GaussianMixtureConditional):
         for i, string in enumerate(strings):
             window, nonzero, stream = self.read_header(string, M)
             channels = torch.nonzero(nonzero).flatten()
-            s, m, w = self.flat_params(indexes[i : i + 1], channels)
-            centres = self.centres(m, w)
+            params = self.flat_params(indexes[i : i + 1], channels)
+            centres = self.centres(params[1], params[2])
             decoder = rans_decoder(stream, centres.numel()) if centres.numel() else None
-            values = []
-            for a, b in self._chunks(centres.numel(), window):
-                cdf = self.element_cdfs(s[:, a:b], m[:, a:b], w[:, a:b], centres[a:b], window)
-                n = b - a
-                values.extend(decoder.decode_stream(list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n))
-            decoded = torch.tensor(values, dtype=centres.dtype) - window + centres
+            decoded = self.decode_elements(decoder, params, centres, window)
             y_hat[i, channels.to(y_hat.device)] = decoded.reshape(channels.numel(), *indexes.shape[2:]).to(dtype)
         return y_hat
 
@@ -451,53 +539,59 @@ class GMMConditional(GaussianMixtureConditional):
 # the entropy_model option of the hyperprior models
 
 
-def _params_per_element(kind: str, with_means: bool, K: int) -> int:
-    if kind == "gaussian":
-        return 2 if with_means else 1
-    if kind == "asymmetric":
-        return 3 if with_means else 2
-    return 3 * K if with_means else 2 * K
+#: Values of the ``entropy_model`` option of the gained hyperprior models -> their conditional.
+CONDITIONALS = {
+    "gaussian": TableGaussianConditional,
+    "asymmetric": AsymmetricGaussianConditional,
+    "gmm": GMMConditional,
+}
+ENTROPY_MODELS = tuple(CONDITIONALS)
+
+
+def _last_conv(seq: nn.Sequential) -> int:
+    """Index of the last (transposed) convolution of ``seq``."""
+    for i in range(len(seq) - 1, -1, -1):
+        if isinstance(seq[i], (nn.Conv2d, nn.ConvTranspose2d)):
+            return i
+    raise ValueError("h_s has no convolution to widen")
 
 
 def _widen_last_conv(seq: nn.Sequential, out_channels: int) -> None:
     """Replace the last (transposed) convolution of ``seq`` by one with ``out_channels`` outputs."""
-    for i in range(len(seq) - 1, -1, -1):
-        old = seq[i]
-        if isinstance(old, nn.ConvTranspose2d):
-            seq[i] = nn.ConvTranspose2d(
-                old.in_channels, out_channels, old.kernel_size, old.stride, old.padding, old.output_padding
-            )
-            return
-        if isinstance(old, nn.Conv2d):
-            seq[i] = nn.Conv2d(old.in_channels, out_channels, old.kernel_size, old.stride, old.padding)
-            return
-    raise ValueError("h_s has no convolution to widen")
+    i = _last_conv(seq)
+    old = seq[i]
+    if isinstance(old, nn.ConvTranspose2d):
+        seq[i] = nn.ConvTranspose2d(old.in_channels, out_channels, old.kernel_size, old.stride, old.padding,
+                                    old.output_padding)
+    else:
+        seq[i] = nn.Conv2d(old.in_channels, out_channels, old.kernel_size, old.stride, old.padding)
 
 
-def configure_entropy_model(model: nn.Module, kind: str, M: int, with_means: bool, K: int = 3) -> None:
-    """Give a hyperprior model (``h_s``, ``gaussian_conditional``) the entropy model ``kind``.
+def configure_entropy_model(model: nn.Module, kind: str, M: int, K: int = 3) -> None:
+    """Give a hyperprior model (``h_s``, ``gaussian_conditional``, ``entropy_with_means``)
+    the entropy model ``kind`` (a key of :data:`CONDITIONALS`).
 
     ``"gaussian"`` leaves the CompressAI backbone untouched. The others widen
     the last layer of ``h_s`` to the parameters they need per latent element
-    and replace ``gaussian_conditional`` (the attribute name stays, so the
-    data flow and CompressAI's ``update()`` work unchanged):
+    (their ``params_per_element``) and replace ``gaussian_conditional`` (the
+    attribute name stays, so the data flow and CompressAI's ``update()`` work
+    unchanged):
 
     ========== ============================ ==================================
     kind       ``h_s`` output, with means   without means (scale hyperprior)
     ========== ============================ ==================================
+    gaussian   ``s, mu`` (2M)               ``s`` (M)
     asymmetric ``s_l, s_r, mu`` (3M)         ``s_l, s_r`` (2M), mode at 0
     gmm        ``logits, mu, s`` (3KM)       ``logits, s`` (2KM), all means 0
     ========== ============================ ==================================
     """
-    if kind not in ENTROPY_MODELS:
+    if kind not in CONDITIONALS:
         raise ValueError(f"entropy_model must be one of {', '.join(ENTROPY_MODELS)}; got {kind!r}")
-    model.entropy_model = kind
-    model._entropy_with_means = bool(with_means)
-    model._entropy_K = int(K)
     if kind == "gaussian":
         return
-    _widen_last_conv(model.h_s, _params_per_element(kind, with_means, K) * M)
-    model.gaussian_conditional = AsymmetricGaussianConditional(None) if kind == "asymmetric" else GMMConditional(K)
+    conditional = GMMConditional(K) if kind == "gmm" else CONDITIONALS[kind](None)
+    _widen_last_conv(model.h_s, conditional.params_per_element(model.entropy_with_means) * M)
+    model.gaussian_conditional = conditional
 
 
 #: Levels of the scale table behind every Gaussian CDF table (CompressAI's range 0.11 .. 256,
@@ -522,8 +616,6 @@ def scale_table() -> Tensor:
     """
     global _SCALE_TABLE
     if _SCALE_TABLE is None:
-        from .exact import exact_log_spaced
-
         _SCALE_TABLE = torch.tensor(exact_log_spaced(0.11, 256.0, SCALE_TABLE_LEVELS), dtype=torch.float32)
     return _SCALE_TABLE.clone()
 
@@ -539,65 +631,26 @@ def update_entropy_tables(net: nn.Module, force: bool = True) -> bool:
 def widen_gaussian_state(model: nn.Module, state_dict: Dict[str, Tensor], spread: float = 2**0.25) -> Dict[str, Tensor]:
     """A Gaussian hyperprior's state dict, rewritten for ``model``'s wider entropy model.
 
-    The last layer of ``h_s`` is copied into the layout of :func:`split_entropy_params`
+    The last layer of ``h_s`` is rewritten by the conditional's ``widen_gaussian``
     so that the model starts as the Gaussian it comes from (a shared start for the
     entropy-model ablation): the asymmetric model gets ``s_l = s_r = s``, the GMM
-    ``K`` copies of the mean and of the scale with equal weights (zero logits). The
-    GMM's components would stay identical under gradient descent, so component
-    ``k``'s scale is multiplied by ``spread ** (k - (K - 1) / 2)`` (the one
-    departure from the Gaussian; ``spread=1`` keeps it exact). Returns the state dict
-    unchanged when it already fits or is not a Gaussian one (the caller's strict
-    loading then reports the mismatch).
+    ``K`` copies of the mean and of the scale with equal weights, component ``k``'s
+    scale times ``spread ** (k - (K - 1) / 2)`` (the one departure from the
+    Gaussian; ``spread=1`` keeps it exact). Returns the state dict unchanged when
+    it already fits or is not a Gaussian one (the caller's strict loading then
+    reports the mismatch).
     """
-    kind = getattr(model, "entropy_model", "gaussian")
-    if kind == "gaussian":
+    cond = model.gaussian_conditional
+    if cond.kind == "gaussian":
         return state_dict
-    for i in range(len(model.h_s) - 1, -1, -1):
-        layer = model.h_s[i]
-        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            break
-    dim = 1 if isinstance(layer, nn.ConvTranspose2d) else 0
+    i = _last_conv(model.h_s)
+    dim = 1 if isinstance(model.h_s[i], nn.ConvTranspose2d) else 0
     wkey, bkey = f"h_s.{i}.weight", f"h_s.{i}.bias"
-    with_means = getattr(model, "_entropy_with_means", True)
-    K = getattr(model, "_entropy_K", 3)
-    M = layer.weight.shape[dim] // _params_per_element(kind, with_means, K)
+    with_means = model.entropy_with_means
+    M = model.h_s[i].weight.shape[dim] // cond.params_per_element(with_means)
     w, b = state_dict.get(wkey), state_dict.get(bkey)
-    if w is None or b is None or w.shape[dim] != _params_per_element("gaussian", with_means, 1) * M:
+    if w is None or b is None or w.shape[dim] != (2 if with_means else 1) * M:  # not a Gaussian's s (, mu)
         return state_dict
-
-    def widen(t: Tensor, d: int) -> Tensor:
-        scales, means = t.chunk(2, d) if with_means else (t, None)
-        if kind == "asymmetric":
-            return torch.cat((scales, scales) + ((means,) if with_means else ()), d)
-        factors = [spread ** (k - (K - 1) / 2) for k in range(K)]
-        logits = torch.zeros_like(torch.cat([scales] * K, d))
-        scale_k = torch.cat([scales * f for f in factors], d)
-        return torch.cat((logits, torch.cat([means] * K, d), scale_k) if with_means else (logits, scale_k), d)
-
     out = dict(state_dict)
-    out[wkey], out[bkey] = widen(w, dim), widen(b, 0)
+    out[wkey], out[bkey] = cond.widen_gaussian(w, dim, with_means, spread), cond.widen_gaussian(b, 0, with_means, spread)
     return out
-
-
-def split_entropy_params(model: nn.Module, h: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-    """``(scales, means)`` for ``model.gaussian_conditional`` from ``h_s``'s output ``h``.
-
-    ``scales`` is packed for the asymmetric model (``cat(s_l, s_r)``) and the
-    GMM (``cat(logits, means, scales)``, then ``means`` is ``None``).
-    """
-    kind = getattr(model, "entropy_model", "gaussian")
-    with_means = getattr(model, "_entropy_with_means", True)
-    if kind == "gaussian":
-        if with_means:
-            scales, means = h.chunk(2, 1)
-            return scales, means
-        return h, None
-    if kind == "asymmetric":
-        if with_means:
-            left, right, means = h.chunk(3, 1)
-            return torch.cat((left, right), 1), means
-        return h, None
-    if with_means:
-        return h, None
-    logits, scales = h.chunk(2, 1)
-    return torch.cat((logits, torch.zeros_like(scales), scales), 1), None

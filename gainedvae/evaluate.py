@@ -25,11 +25,13 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_save
-from .codec import load_image
+from .atomic import atomic_save
+from .container import FORMAT_VERSION
+from .imageio import load_image
 from .data import IMAGE_EXTENSIONS
 from .metrics import ms_ssim, ms_ssim_db, psnr, to_uint8
-from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, pad_to_multiple
+from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, rate_model
+from .models import code as code_image
 
 
 @dataclass
@@ -144,7 +146,7 @@ def default_images() -> Tuple[List[Path], str]:
 
 def read_image(path: Path) -> Tensor:
     """``(1, 3, H, W)`` uint8 tensor of an image file, converted to 8-bit RGB exactly
-    as the codec converts its input (:func:`gainedvae.codec.load_image`)."""
+    as the codec converts its input (:func:`gainedvae.imageio.load_image`)."""
     return torch.from_numpy(load_image(path)).permute(2, 0, 1)[None]
 
 
@@ -161,34 +163,20 @@ def qualities_for(net: nn.Module, step: float = 0.25) -> List[float]:
     return [q for q in qs if q <= net.levels]
 
 
-def _num_bytes(strings) -> int:
-    return sum(len(s) for group in strings for s in group)
-
-
 @torch.inference_mode()
 def code(net: nn.Module, x: Tensor, quality: Optional[float]) -> Tuple[Tensor, int, float, float, float]:
-    """Encode and decode ``x`` (float, ``(1, 3, H, W)``).
+    """Encode and decode ``x`` (float, ``(1, 3, H, W)``) through the one coding path
+    (:func:`gainedvae.models.code`; a single-rate model ignores ``quality``).
 
-    Returns ``(x_hat, num_bytes, estimated_bits, encode_s, decode_s)``.
+    Returns ``(x_hat, num_bytes, estimated_bits, encode_s, decode_s)``; the estimate is
+    from the eval-mode likelihoods of the same model.
     """
-    h, w = x.shape[-2:]
-    if is_variable_rate(net):
-        t0 = time.perf_counter()
-        enc = net.compress(x, quality)
-        t1 = time.perf_counter()
-        x_hat = net.decompress(enc["strings"], enc["shape"], quality)["x_hat"]
-        t2 = time.perf_counter()
-        out = net(x, quality=quality)
-    else:  # CompressAI single-rate model: pad, code, crop
-        xp = pad_to_multiple(x, net.downsampling_factor)
-        t0 = time.perf_counter()
-        enc = net.compress(xp)
-        t1 = time.perf_counter()
-        x_hat = net.decompress(enc["strings"], enc["shape"])["x_hat"][..., :h, :w]
-        t2 = time.perf_counter()
-        out = net(xp)
+    if not is_variable_rate(net):
+        quality = None  # a single-rate model's row quality is a label (single_rate_label)
+    coded = code_image(net, x, quality)
+    out = rate_model(net)(x, quality=quality)
     est_bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
-    return x_hat, _num_bytes(enc["strings"]), est_bits, t1 - t0, t2 - t1
+    return coded.x_hat, coded.nbytes, est_bits, coded.encode_s, coded.decode_s
 
 
 def evaluate_model(
@@ -205,8 +193,6 @@ def evaluate_model(
     cache = cache or RowCache(None)
     model_key = getattr(net, "weights_hash", None)
     if model_key:  # the bits also depend on how gainedvae codes (scale table, ...): the container version
-        from .codec import FORMAT_VERSION
-
         model_key = f"{model_key}|coding-v{FORMAT_VERSION}"
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=desc or "evaluate", dynamic_ncols=True)
     for path in images:

@@ -54,7 +54,7 @@ whose vectorised and scalar kernels differ. The network input is
 Output
 ------
 
-The last layer's ``A`` (scales and means, in :func:`~gainedvae.entropy.split_entropy_params`'s
+The last layer's ``A`` (scales and means, in the conditional's ``conditional_params``
 layout) is returned as float32 ``A / 2**16``: exact for ``|value| < 256`` and a
 deterministic IEEE rounding beyond. The conditional's
 ``build_indexes`` (first table scale not below ``max(scale, 0.11)``,

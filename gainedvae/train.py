@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from .checkpoint import FORMAT, checkpoint_weights, read_checkpoint, save_checkpoint
 from .ema import WeightEMA
-from .models import DEFAULT_LAMBDAS, MODELS, get_model, is_gained, is_variable_rate, model_name, pad_to_multiple
+from .models import DEFAULT_LAMBDAS, MODELS, SingleRate, get_model, is_gained, is_variable_rate, model_name
+from .models import takes_qmap as models_takes_qmap
 from .data import PatchDataset, StepBatchSampler, load_validation, split_dataset
 from .data import mix_seed
 from .qmap import DEFAULT_LAMBDA_RANGE, check_lambda_range, lambda_scale, random_qmaps
@@ -249,8 +250,8 @@ def sample_levels(cfg: TrainConfig, step: int, batch: int, levels: int) -> Optio
 
 
 def takes_qmap(net: nn.Module) -> bool:
-    """A model with a quality-map input (``gained-scgain``)."""
-    return bool(getattr(_unwrap(net), "takes_qmap", False))
+    """A model with a quality-map input (``gained-scgain``), also behind DDP."""
+    return models_takes_qmap(_unwrap(net))
 
 
 def sample_qmaps(cfg: TrainConfig, step: int, x: Tensor, rank: int = 0) -> Tensor:
@@ -308,10 +309,7 @@ def model_forward(net: nn.Module, x: Tensor, level: Union[int, Tensor, None], qm
     without one it uses its default uniform 0.5 map) or a single-rate CompressAI
     model (padded to its downsampling factor like the gained models pad themselves)."""
     if level is None:
-        h, w = x.shape[-2:]
-        out = net(pad_to_multiple(x, _unwrap(net).downsampling_factor))
-        out["x_hat"] = out["x_hat"][..., :h, :w]
-        return out
+        return SingleRate(_unwrap(net), forward=net)(x)
     if isinstance(level, Tensor):
         level = int(level) if level.dim() == 0 else level.to(x.device)
     if qmap is not None:

@@ -11,7 +11,7 @@ from compressai.layers import GDN
 from PIL import Image
 
 import gainedvae
-from gainedvae import codec
+from gainedvae import codec, ratecontrol
 from gainedvae.checkpoint import hash_state_dict
 from gainedvae.codec import CodecError, Container
 
@@ -285,9 +285,9 @@ def test_search_handles_a_rate_jump():
     """A step in the rate: the tolerance cannot be met, the closest trial is returned."""
     def evaluate(q):
         v = 1.0 if q < 2.3 else 2.0
-        return codec._Trial(q, b"", v, None, v)
+        return ratecontrol.Trial(q, b"", v, None, v)
 
-    trial, iters, clamped, converged = codec._search(evaluate, 4, math.log, 1.5, lambda v: abs(v - 1.5) < 0.01, 0.3, 60)
+    trial, iters, clamped, converged = ratecontrol.search(evaluate, 4, math.log, 1.5, lambda v: abs(v - 1.5) < 0.01, 0.3, 60)
     assert not clamped and not converged and iters < 60
     assert trial.value in (1.0, 2.0)
 

@@ -7,10 +7,22 @@ from typing import Dict, Type
 from compressai.models import JointAutoregressiveHierarchicalPriors, MeanScaleHyperprior, ScaleHyperprior
 from torch import nn
 
-from .base import DEFAULT_LAMBDAS, GainedModel, pad_to_multiple, validate_lambdas
+from .base import GainedModel
 from .cheng2020 import Cheng2020AttentionGMM, GainedCheng2020AttentionGMM
 from .context import GainedCheckerboard, GainedContextModel, GainedJointAutoregressive
 from .hyperprior import GainedHyperprior, GainedMeanScaleHyperprior, GainedScaleHyperprior
+from .rate import (
+    DEFAULT_LAMBDAS,
+    Coded,
+    RateModel,
+    SingleRate,
+    code,
+    pad_to_multiple,
+    rate_model,
+    stream_bytes,
+    takes_qmap,
+    validate_lambdas,
+)
 from .scgain import SCGainedMeanScaleHyperprior
 from .vbr import MeanScaleHyperpriorVbr
 
@@ -64,15 +76,16 @@ def is_gained(model_or_name) -> bool:
 
 
 def is_variable_rate(model_or_name) -> bool:
-    """A model that codes several levels and a continuous quality: gained models and
-    CompressAI's VBR peer. They share one interface: ``lambdas``, ``levels``,
-    ``forward(x, level=|quality=)``, ``compress(x, quality)``, ``decompress(strings, shape, quality)``."""
+    """A model that codes several levels and a continuous quality: a
+    :class:`~gainedvae.models.rate.RateModel` (gained models and CompressAI's VBR peer).
+    Single-rate models get the same interface from :func:`rate_model`."""
     cls = MODEL_CLASSES[model_or_name] if isinstance(model_or_name, str) else type(model_or_name)
-    return issubclass(cls, (GainedModel, MeanScaleHyperpriorVbr))
+    return issubclass(cls, RateModel)
 
 
 __all__ = [
     "Cheng2020AttentionGMM",
+    "Coded",
     "DEFAULT_LAMBDAS",
     "GainedCheckerboard",
     "GainedCheng2020AttentionGMM",
@@ -85,11 +98,17 @@ __all__ = [
     "MeanScaleHyperpriorVbr",
     "MODELS",
     "MODEL_CLASSES",
+    "RateModel",
+    "SingleRate",
     "SCGainedMeanScaleHyperprior",
+    "code",
     "get_model",
     "is_gained",
     "is_variable_rate",
     "model_name",
     "pad_to_multiple",
+    "rate_model",
+    "stream_bytes",
+    "takes_qmap",
     "validate_lambdas",
 ]

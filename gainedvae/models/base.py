@@ -1,50 +1,24 @@
-"""What every gained model shares: lambdas, gain units, quality checks, padding.
+"""The gained data flow every gained model shares: gain units around CompressAI's transforms.
 
 Subclasses combine :class:`GainedModel` with a CompressAI backbone class
 (``class GainedX(GainedModel, compressai.models.X)``) so that the backbone's
 modules, state-dict keys and shapes stay exactly CompressAI's; the gains live
-under ``gain.*`` (see :mod:`gainedvae.gain`).
+under ``gain.*`` (see :mod:`gainedvae.gain`). Lambdas, quality checks, padding,
+latent shape, scale table and backbone loading are :class:`~gainedvae.models.rate.RateModel`'s.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from abc import ABC, abstractmethod
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..gain import LatentGains, QualityLike, check_quality, level_to_quality
+from ..container import padded_size
+from ..gain import LatentGains, QualityLike
 from ..tiling import Tiling, tiled
-
-#: CompressAI's MSE lambdas for qualities 1..8 (``compressai.zoo``).
-DEFAULT_LAMBDAS: Tuple[float, ...] = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
-
-
-def validate_lambdas(lambdas: Sequence[float]) -> Tuple[float, ...]:
-    """Return ``lambdas`` as a tuple of floats; they must be >= 2, positive, increasing."""
-    values = tuple(float(v) for v in lambdas)
-    if len(values) < 2:
-        raise ValueError(f"a gained model needs at least 2 lambdas, got {len(values)}")
-    if any(not math.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(f"lambdas must be positive and finite, got {list(values)}")
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"lambdas must be strictly increasing (quality 1 = lowest rate), got {list(values)}")
-    return values
-
-
-def pad_to_multiple(x: Tensor, factor: int) -> Tensor:
-    """Replicate-pad ``x`` on the bottom/right to a multiple of ``factor``."""
-    if x.dim() != 4:
-        raise ValueError(f"expected an image batch of shape (B, C, H, W), got shape {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    if h < 1 or w < 1:
-        raise ValueError(f"image must be at least 1x1 pixels, got {h}x{w}")
-    ph, pw = (-h) % factor, (-w) % factor
-    if ph == 0 and pw == 0:
-        return x
-    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+from .rate import RateModel
 
 
 def to_float_image(x: Tensor) -> Tensor:
@@ -52,12 +26,13 @@ def to_float_image(x: Tensor) -> Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
-class GainedModel:
+class GainedModel(RateModel, ABC):
     r"""Mixin for gained models; use it before the CompressAI class in the bases.
 
     A gained model codes ``L = len(lambdas)`` trained levels; ``quality`` is a
     float in ``[1, L]`` (1 = lowest rate) and ``level`` a 0-based index into
-    ``lambdas`` (``quality = level + 1``).
+    ``lambdas`` (``quality = level + 1``); the calling convention is
+    :class:`~gainedvae.models.rate.RateModel`'s.
 
     This class holds the gained data flow of every model, so the gains are
     applied here and nowhere else::
@@ -66,80 +41,38 @@ class GainedModel:
         z_hat = EB(z)                       params = h_s(z_hat × IG_z(q))
         y_hat = code y given params         x_hat = synthesis(y_hat × IG_y(q), z_hat × IG_z(q))
 
-    A family only says how it codes ``y`` given ``params`` (``_y_forward(y,
-    params) -> (y_hat, likelihoods)``, ``_y_compress(y, params) -> [bytes]``,
-    ``_y_decompress(strings, params) -> y_hat``: a Gaussian conditional for the
-    hyperprior models, a context model for mbt2018 / cheng2020) and, where its
-    transforms differ, overrides ``analysis``, ``_hyper_analysis`` or
-    ``_synthesis_transform``. The ``_y_*`` hooks have no stubs here because
-    they may come from a backbone class later in the MRO.
+    A family only says how it codes ``y`` given ``params``: the three abstract
+    ``_y_*`` methods below (a Gaussian conditional for the hyperprior models, a
+    context model for mbt2018 / cheng2020) and, where its transforms differ,
+    overrides :meth:`analysis`, :meth:`_hyper_analysis` or :meth:`_synthesis_transform`.
     """
 
-    lambdas: Tuple[float, ...]
     gain: LatentGains
-
-    def _init_gains(self, lambdas: Sequence[float], M: int, N: int) -> None:
-        self.lambdas = validate_lambdas(lambdas)
-        self.gain = LatentGains(len(self.lambdas), M, N)
-        from ..entropy import use_table_conditional
-
-        use_table_conditional(self)  # one-pass scale indexes (same bitstreams as CompressAI's)
-
-    @property
-    def levels(self) -> int:
-        return len(self.lambdas)
-
-    def quality_tensor(self, level: Union[int, Tensor, None] = None, quality: Optional[QualityLike] = None) -> Tensor:
-        """Validated float quality from exactly one of ``level`` or ``quality``."""
-        if (level is None) == (quality is None):
-            raise ValueError("pass exactly one of level= (0-based index) or quality= (float in [1, L])")
-        q = level_to_quality(level) if level is not None else quality
-        return check_quality(q, self.levels)
-
-    def scalar_quality(self, quality: QualityLike) -> Tensor:
-        q = check_quality(quality, self.levels)
-        if q.dim() != 0:
-            raise ValueError("compress/decompress take one quality for the whole batch")
-        return q
-
-    def update(self, scale_table=None, force: bool = False, **kwargs) -> bool:
-        """CompressAI's ``update()`` with gainedvae's finer default scale table
-        (:data:`gainedvae.entropy.SCALE_TABLE_LEVELS` levels)."""
-        if scale_table is None:
-            from ..entropy import scale_table as default_table
-
-            scale_table = default_table()
-        return super().update(scale_table=scale_table, force=force, **kwargs)
-
-    #: State-dict key prefixes of modules that are not part of the CompressAI
-    #: backbone; subclasses append theirs (e.g. spatial feature transforms).
     extra_key_prefixes: Tuple[str, ...] = ("gain.",)
 
-    def load_backbone_state_dict(self, state_dict: Dict[str, Tensor]) -> None:
-        """Load a CompressAI state dict of the same backbone; gains are reset to 1.
+    def _init_gains(self, lambdas: Sequence[float], M: int, N: int) -> None:
+        self._init_rate(lambdas)
+        self.gain = LatentGains(len(self.lambdas), M, N)
 
-        Keys under :attr:`extra_key_prefixes` may be absent (gains are then
-        reset to 1, other extra modules keep their initial values) or present
-        (e.g. a gained model's weights loaded into a model that extends it).
+    def _fresh_value(self, key: str, value: Tensor) -> Tensor:
+        """Gains absent from a backbone state dict start at 1 (log-gain 0)."""
+        return torch.zeros_like(value) if key.startswith("gain.") else value
 
-        Raises:
-            KeyError: when backbone keys are missing or keys are unexpected.
-        """
-        extra = tuple(self.extra_key_prefixes)
-        own = {k for k in self.state_dict() if not k.startswith(extra)}
-        missing = sorted(own - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(self.state_dict()))
-        if missing or unexpected:
-            raise KeyError(
-                f"state dict does not match the {type(self).__name__} backbone: "
-                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-            )
-        merged = dict(state_dict)
-        for k, v in self.state_dict().items():
-            if k not in merged:  # an extra key the state dict lacks
-                merged[k] = torch.zeros_like(v) if k.startswith("gain.") else v
-        self.load_state_dict(merged)
+    # -- the hooks a family implements ------------------------------------------
+
+    @abstractmethod
+    def _y_forward(self, y: Tensor, params: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(y_hat, y_likelihoods)`` of the gained latent ``y`` given the hyper-synthesis
+        output ``params``: noisy / straight-through in training; in eval mode exactly
+        what :meth:`_y_decompress` reconstructs, with the coder's likelihoods."""
+
+    @abstractmethod
+    def _y_compress(self, y: Tensor, params: Tensor) -> List[bytes]:
+        """One rANS byte string per image of the gained latent ``y`` (batch ``B``) given ``params``."""
+
+    @abstractmethod
+    def _y_decompress(self, strings: Sequence[bytes], params: Tensor) -> Tensor:
+        """The quantised gained latent ``y_hat`` from :meth:`_y_compress`'s strings and the same ``params``."""
 
     # -- the gained data flow ------------------------------------------------
 
@@ -156,10 +89,9 @@ class GainedModel:
         also ``uint8`` (``/ 255`` per tile, so no float copy of a large image is ever made).
         """
         if self.analysis_tiling is not None and not torch.is_grad_enabled():
-            f = self.downsampling_factor
-            size = tuple(-(-int(n) // f) * f for n in x.shape[-2:])
+            size = tuple(padded_size(n, self.downsampling_factor) for n in x.shape[-2:])
             return tiled(self.g_a, x, self.analysis_tiling, size=size, prepare=to_float_image)
-        return self.g_a(pad_to_multiple(x, self.downsampling_factor))
+        return self.g_a(self.pad(x))
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(y)
@@ -254,10 +186,3 @@ class GainedModel:
         y_hat = self._y_decompress(strings[0], self._coding_params(z_hat, q))
         x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
         return {"x_hat": x_hat[..., :h, :w]}
-
-    def latent_shape(self, shape: Sequence[int]) -> Tuple[int, int]:
-        """Spatial size of ``z`` for an image of ``shape = (H, W)``."""
-        if len(shape) != 2 or min(int(s) for s in shape) < 1:
-            raise ValueError(f"shape must be the image size (H, W) with H, W >= 1, got {tuple(shape)}")
-        f = self.downsampling_factor
-        return (math.ceil(int(shape[0]) / f), math.ceil(int(shape[1]) / f))

@@ -24,12 +24,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from compressai.ans import BufferedRansEncoder
 from compressai.models import Cheng2020Attention
 from torch import Tensor, nn
 
-from ..entropy import GMMConditional, check_latent, rans_decoder
-from .base import DEFAULT_LAMBDAS
+from ..entropy import GMMConditional, check_latent
+from ..rans import rans_decoder
+from .rate import DEFAULT_LAMBDAS
 from .context import GainedContextModel, raster_scan
 
 __all__ = ["Cheng2020AttentionGMM", "GainedCheng2020AttentionGMM"]
@@ -120,21 +120,9 @@ class Cheng2020AttentionGMM(Cheng2020Attention):
         for i in range(B):
             nonzero = y_round[i].reshape(M, -1).abs().sum(1) != 0
             channels = torch.nonzero(nonzero).flatten()
-            flat = [gmm.flat_params(gp, channels) for gp in gps[i]]
-            centres = [gmm.centres(m, w) for _, m, w in flat]
             values = y_round[i, channels].reshape(channels.numel(), H * W)
-            residual = torch.stack([values[:, j] - c for j, c in enumerate(centres)]) if channels.numel() else values
-            check_latent(residual, "GMM residual")
-            window = gmm.window_for(residual)
-            encoder = BufferedRansEncoder()
-            if channels.numel():
-                symbols = (residual + window).int()
-                n = channels.numel()
-                for j, ((s, m, w), c) in enumerate(zip(flat, centres)):
-                    cdf = gmm.element_cdfs(s, m, w, c, window)
-                    encoder.encode_with_indexes(symbols[j].tolist(), list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n)
-            # (no symbols when the latent is all zero; flushing an empty rANS encoder crashes)
-            strings.append(gmm.header(window, nonzero) + (encoder.flush() if channels.numel() else b""))
+            flat = [gmm.flat_params(gp, channels) for gp in gps[i]]  # one group per position, raster order
+            strings.append(gmm.encode_image(nonzero, [values[:, j] for j in range(H * W)], flat))
         return strings
 
     def _y_decompress(self, strings: Sequence[bytes], params: Tensor) -> Tensor:
@@ -153,13 +141,9 @@ class Cheng2020AttentionGMM(Cheng2020Attention):
         def step(i: int, h: int, w: int, gp: Tensor) -> Tensor:
             window, channels, decoder = states[i]
             out = gp.new_zeros((1, M, 1, 1))
-            n = channels.numel()
-            if n:
-                s, m, wt = gmm.flat_params(gp, channels)
-                c = gmm.centres(m, wt)
-                cdf = gmm.element_cdfs(s, m, wt, c, window)
-                values = decoder.decode_stream(list(range(n)), cdf.tolist(), [cdf.size(1)] * n, [0] * n)
-                out[0, channels, 0, 0] = torch.tensor(values, dtype=c.dtype) - window + c
+            if channels.numel():
+                flat = gmm.flat_params(gp, channels)
+                out[0, channels, 0, 0] = gmm.decode_elements(decoder, flat, gmm.centres(flat[1], flat[2]), window)
             return out
 
         return raster_scan(self, params, M, step)
@@ -195,6 +179,13 @@ class GainedCheng2020AttentionGMM(GainedContextModel, Cheng2020AttentionGMM):
     gained data flow of :class:`~gainedvae.models.context.GainedContextModel`
     (``forward(x, level=|quality=)``, ``compress(x, quality)``,
     ``decompress(strings, shape, quality)`` with the image size as ``shape``).
+    Where each part lives:
+
+    .. code-block:: none
+
+        x ─► g_a ─► ×G_y(q) ─► h_a ─► ×G_z(q) ─► EB ─► ×IG_z(q) ─► h_s ─► params    GainedModel (models/base.py)
+        y, params ─► round(y), CP + EP ─► GMM (K x weight, mean, scale) ─► rANS       _y_* of Cheng2020AttentionGMM
+        y_hat ─► ×IG_y(q) ─► g_s ─► x_hat                                           GainedModel; g_a, g_s: CompressAI
 
     Args:
         N (int): channels of everything (the latent too)
@@ -206,3 +197,8 @@ class GainedCheng2020AttentionGMM(GainedContextModel, Cheng2020AttentionGMM):
     def __init__(self, N: int = 192, M: Optional[int] = None, lambdas: Sequence[float] = DEFAULT_LAMBDAS, K: int = 3, **kwargs):
         super().__init__(N=N, M=M, K=K, **kwargs)
         self._init_gains(lambdas, N, N)
+
+    # y coding: the single-rate twin's (GainedModel's abstract hooks come first in the MRO)
+    _y_forward = Cheng2020AttentionGMM._y_forward
+    _y_compress = Cheng2020AttentionGMM._y_compress
+    _y_decompress = Cheng2020AttentionGMM._y_decompress

@@ -32,8 +32,10 @@ from compressai.models import JointAutoregressiveHierarchicalPriors
 from torch import Tensor, nn
 
 from .. import tiling
-from ..entropy import check_latent, rans_decoder
-from .base import DEFAULT_LAMBDAS, GainedModel
+from ..entropy import check_latent
+from ..rans import rans_decoder
+from .base import GainedModel
+from .rate import DEFAULT_LAMBDAS
 
 __all__ = ["GainedCheckerboard", "GainedContextModel", "GainedJointAutoregressive", "raster_scan"]
 
@@ -121,27 +123,6 @@ def raster_scan(model, params: Tensor, channels: int, step: Callable[[int, int, 
     return y_hat[:, :, p : p + H, p : p + W].contiguous()
 
 
-def _gaussian_tables(gc):
-    return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
-
-
-def _scale_indexes(gc, scales: Tensor) -> Tensor:
-    """``gc.build_indexes(scales)`` in one op: the index of the first table
-    scale >= the (lower-bounded) scale, i.e. the number of smaller ones."""
-    return torch.searchsorted(gc.scale_table[:-1].contiguous(), gc.lower_bound_scale(scales).contiguous()).int()
-
-
-def _decode_compact(decoder, indexes: Tensor, tables) -> List[int]:
-    """``decoder.decode_stream`` handing over only the CDFs ``indexes`` use
-    (the coder converts every CDF passed to it, on every call)."""
-    cdfs, lengths, offsets = tables
-    unique, inverse = torch.unique(indexes.reshape(-1), return_inverse=True)
-    used = unique.tolist()
-    return decoder.decode_stream(
-        inverse.tolist(), [cdfs[u] for u in used], [lengths[u] for u in used], [offsets[u] for u in used]
-    )
-
-
 class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchicalPriors):
     r"""Joint autoregressive and hierarchical priors (Minnen, Ballé, Toderici,
     "Joint Autoregressive and Hierarchical Priors for Learned Image
@@ -180,7 +161,6 @@ class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchi
         means = params.new_zeros((B, M, H, W))
         symbols: List[List[int]] = [[] for _ in range(B)]
         indexes: List[List[int]] = [[] for _ in range(B)]
-        tables = _gaussian_tables(gc) if decoders is not None else None
 
         def step(i: int, h: int, w: int, gp: Tensor) -> Tensor:
             s, m = gp.chunk(2, 1)
@@ -190,9 +170,9 @@ class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchi
                 sym = gc.quantize(y[i : i + 1, :, h : h + 1, w : w + 1], "symbols", m)
                 if record:
                     symbols[i].extend(sym.reshape(-1).tolist())
-                    indexes[i].extend(_scale_indexes(gc, s).reshape(-1).tolist())
+                    indexes[i].extend(gc.build_indexes(s).reshape(-1).tolist())
             else:
-                values = _decode_compact(decoders[i], _scale_indexes(gc, s), tables)
+                values = decoders[i].decode_stream(*gc.compact_coder_args(gc.build_indexes(s)))
                 sym = torch.tensor(values, dtype=torch.int32).reshape(1, M, 1, 1)
             return gc.dequantize(sym.to(m.device), m)
 
@@ -216,7 +196,7 @@ class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchi
     def _y_compress(self, y: Tensor, params: Tensor) -> List[bytes]:
         check_latent(y)
         _, _, _, symbols, indexes = self._serial(params, y=y, record=True)
-        tables = _gaussian_tables(self.gaussian_conditional)
+        tables = self.gaussian_conditional.coder_tables()
         strings = []
         for sym, idx in zip(symbols, indexes):
             encoder = BufferedRansEncoder()
@@ -233,7 +213,7 @@ class GainedJointAutoregressive(GainedContextModel, JointAutoregressiveHierarchi
         return y_hat
 
 
-class GainedCheckerboard(GainedContextModel, JointAutoregressiveHierarchicalPriors):
+class GainedCheckerboard(GainedJointAutoregressive):
     r"""``gained-mbt2018`` with the checkerboard context of He et al.,
     "Checkerboard Context Model for Efficient Learned Image Compression",
     CVPR 2021 (CompressAI's ``Cheng2020AnchorCheckerboard`` uses the same
@@ -251,24 +231,17 @@ class GainedCheckerboard(GainedContextModel, JointAutoregressiveHierarchicalPrio
         2. non-anchors, context from the decoded anchors:                 ■ ◌ ■ ◌
                                                                           ◌ ■ ◌ ■
 
-    One rANS string per image holds the anchors, then the non-anchors.
-
-    Args:
-        N (int): channels of the transforms and of ``z``
-        M (int): channels of ``y``
-        lambdas (sequence of float): one lambda per level, increasing
+    One rANS string per image holds the anchors, then the non-anchors. Arguments,
+    transforms and tiling are :class:`GainedJointAutoregressive`'s; the ``_y_*``
+    coders are its own.
     """
 
-    analysis_tiling = tiling.ANALYSIS  # CompressAI's 4-layer g_a / g_s: tiles without gradients
-    synthesis_tiling = tiling.SYNTHESIS
-
     def __init__(self, N: int = 192, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
-        super().__init__(N=N, M=M, **kwargs)
+        super().__init__(N=N, M=M, lambdas=lambdas, **kwargs)
         self.context_prediction = CheckerboardMaskedConv2d(M, 2 * M, kernel_size=5, padding=2, stride=1)
         # Our own copy of the mask (not in the state dict): loading weights
         # saved from a raster-context model cannot turn this into one.
         self.register_buffer("_checkerboard_mask", self.context_prediction.mask.clone(), persistent=False)
-        self._init_gains(lambdas, M, N)
 
     @staticmethod
     def _anchors(H: int, W: int, device) -> Tensor:
@@ -290,7 +263,7 @@ class GainedCheckerboard(GainedContextModel, JointAutoregressiveHierarchicalPrio
         M = self.M
         anchors = self._anchors(H, W, params.device)
         encoders = [BufferedRansEncoder() for _ in range(B)] if record else None
-        tables = _gaussian_tables(gc) if (record or decoders is not None) else None
+        tables = gc.coder_tables() if (record or decoders is not None) else None
         y_hat = params.new_zeros((B, M, H, W))
         scales = params.new_zeros((B, M, H, W))
         means = params.new_zeros((B, M, H, W))

@@ -16,8 +16,9 @@ from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from torch import Tensor
 
 from .. import exact, tiling
-from ..entropy import configure_entropy_model, split_entropy_params, widen_gaussian_state
-from .base import DEFAULT_LAMBDAS, GainedModel
+from ..entropy import configure_entropy_model, widen_gaussian_state
+from .base import GainedModel
+from .rate import DEFAULT_LAMBDAS
 
 
 class GainedHyperprior(GainedModel):
@@ -47,17 +48,24 @@ class GainedHyperprior(GainedModel):
     analysis_tiling = tiling.ANALYSIS
     synthesis_tiling = tiling.SYNTHESIS
 
+    #: ``h_s`` predicts means as well as scales (mean-scale hyperprior).
+    entropy_with_means: bool
+
+    @property
+    def entropy_model(self) -> str:
+        """The ``entropy_model`` option: the conditional's ``kind`` (:data:`gainedvae.entropy.CONDITIONALS`)."""
+        return self.gaussian_conditional.kind
+
     def config_extra(self):
         """Constructor arguments beyond N, M, lambdas that a checkpoint records
         (nothing for the default Gaussian, so such checkpoints stay as they were)."""
-        kind = getattr(self, "entropy_model", "gaussian")
+        kind = self.entropy_model
         return {} if kind == "gaussian" else {"entropy_model": kind}
 
-    def load_backbone_state_dict(self, state_dict) -> None:
-        """As :meth:`GainedModel.load_backbone_state_dict`; a Gaussian backbone also
-        loads into the asymmetric / GMM variants, which then start as that Gaussian
-        (:func:`~gainedvae.entropy.widen_gaussian_state`)."""
-        super().load_backbone_state_dict(widen_gaussian_state(self, state_dict))
+    def _backbone_state(self, state_dict):
+        """A Gaussian backbone also loads into the asymmetric / GMM variants, which then
+        start as that Gaussian (:func:`~gainedvae.entropy.widen_gaussian_state`)."""
+        return widen_gaussian_state(self, state_dict)
 
     def _coding_params(self, z_hat: Tensor, q: Tensor) -> Tensor:
         """The entropy parameters for coding: ``h_s(z_hat × IG_z(q))`` in fixed point
@@ -67,7 +75,7 @@ class GainedHyperprior(GainedModel):
 
     def _entropy_params(self, params: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """``(scales, means)`` of the conditional from the hyper-synthesis output."""
-        return split_entropy_params(self, params)
+        return self.gaussian_conditional.conditional_params(params, self.entropy_with_means)
 
     # y coding for GainedModel's data flow: a (Gaussian / asymmetric / GMM) conditional
     def _y_forward(self, y: Tensor, params: Tensor):
@@ -101,12 +109,14 @@ class GainedScaleHyperprior(GainedHyperprior, ScaleHyperprior):
             or ``"gmm"``; zero-mean here (see :func:`gainedvae.entropy.configure_entropy_model`)
     """
 
+    entropy_with_means = False  # zero-mean: h_s predicts scales only
+
     def __init__(
         self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, entropy_model: str = "gaussian", **kwargs
     ):
         super().__init__(N=N, M=M, **kwargs)
         self._init_gains(lambdas, M, N)
-        configure_entropy_model(self, entropy_model, M, with_means=False)
+        configure_entropy_model(self, entropy_model, M)
 
     def _hyper_analysis(self, y: Tensor) -> Tensor:
         return self.h_a(torch.abs(y))
@@ -128,10 +138,12 @@ class GainedMeanScaleHyperprior(GainedHyperprior, MeanScaleHyperprior):
             or ``"gmm"`` (K = 3), see :mod:`gainedvae.entropy`
     """
 
+    entropy_with_means = True
+
     def __init__(
         self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, entropy_model: str = "gaussian", **kwargs
     ):
         super().__init__(N=N, M=M, **kwargs)
         self._init_gains(lambdas, M, N)
-        configure_entropy_model(self, entropy_model, M, with_means=True)
+        configure_entropy_model(self, entropy_model, M)
 

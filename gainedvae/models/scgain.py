@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..gain import QualityLike
 from ..qmap import QmapLike, prepare_qmap
-from .base import DEFAULT_LAMBDAS, pad_to_multiple
+from .rate import DEFAULT_LAMBDAS, pad_to_multiple
 from .hyperprior import GainedMeanScaleHyperprior
 
 

@@ -6,9 +6,9 @@ Quantization-Reconstruction Offsets", DCC 2024 (``compressai.models.vbr``).
 
 This subclass adds nothing to the network; it gives CompressAI's model the
 interface the training loop, the evaluation and the codec use for every
-variable-rate model: ``lambdas``, ``levels``, ``forward(x, level=|quality=)``,
-``compress(x, quality)``, ``decompress(strings, shape, quality)``, any image
-size. The quantiser gain of a fractional quality is the exponential
+variable-rate model (:class:`~gainedvae.models.rate.RateModel`: ``lambdas``,
+``levels``, ``forward(x, level=|quality=)``, ``compress(x, quality)``,
+``decompress(strings, shape, quality)``, any image size). The quantiser gain of a fractional quality is the exponential
 interpolation of the two neighbouring ``Gain`` entries, computed by the same
 function as the gain units (:func:`gainedvae.gain.interpolate_log_gains`).
 """
@@ -24,16 +24,14 @@ from compressai.models import MeanScaleHyperpriorVbr as _CompressAIVbr
 from compressai.models.utils import update_registered_buffers
 from torch import Tensor
 
-from ..entropy import scale_table as default_scale_table
-from ..entropy import use_table_conditional
-from ..gain import QualityLike, check_quality, interpolate_log_gains, level_to_quality
-from .base import DEFAULT_LAMBDAS, pad_to_multiple, validate_lambdas
+from ..gain import QualityLike, interpolate_log_gains
+from .rate import DEFAULT_LAMBDAS, RateModel
 
 # CompressAI's EntropyBottleneckVbr still uses the pre-1.2 parameter names.
 _OLD_EB_NAMES = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}
 
 
-class MeanScaleHyperpriorVbr(_CompressAIVbr):
+class MeanScaleHyperpriorVbr(RateModel, _CompressAIVbr):
     r"""``mbt2018-mean-vbr``: CompressAI's ``MeanScaleHyperpriorVbr`` (DCC 2024) with the
     variable-rate hyper-latent (``vr_entbttlnck=True``, as CompressAI's published model).
 
@@ -62,24 +60,24 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
 
     def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
         super().__init__(N=N, M=M, vr_entbttlnck=True, **kwargs)
-        self.lambdas = validate_lambdas(lambdas)
+        self._init_rate(lambdas)
         self.lmbda = list(self.lambdas)
         self.levels = len(self.lambdas)
         top = max(self.lambdas)
         with torch.no_grad():
             self.Gain.data = torch.tensor([math.sqrt(v / top) for v in self.lambdas])
         self._eb_scale: Optional[float] = None
-        use_table_conditional(self)  # one-pass scale indexes, as in every gainedvae model
+
+    #: An attribute here, not :class:`RateModel`'s property: CompressAI's constructor assigns it.
+    levels: int = 0
 
     # -- quality -> quantiser gain ------------------------------------------
 
     def quality_tensor(self, level=None, quality: Optional[QualityLike] = None) -> Tensor:
-        if (level is None) == (quality is None):
-            raise ValueError("pass exactly one of level= (0-based index) or quality= (float in [1, L])")
+        """:meth:`RateModel.quality_tensor`, one level or quality for the whole batch."""
         if isinstance(level, Tensor) and level.dim() > 0:
             raise ValueError("mbt2018-mean-vbr codes one level per batch (CompressAI's design); use --level-sampling batch")
-        q = level_to_quality(level) if level is not None else quality
-        q = check_quality(q, self.levels)
+        q = super().quality_tensor(level, quality)
         if q.dim() != 0:
             raise ValueError("mbt2018-mean-vbr takes one quality for the whole batch")
         return q
@@ -93,7 +91,7 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
     def forward(self, x: Tensor, level: Union[int, Tensor, None] = None, quality: Optional[QualityLike] = None):
         q = self.quality_tensor(level, quality)
         h, w = x.shape[-2:]
-        xp = pad_to_multiple(x, self.downsampling_factor)
+        xp = self.pad(x)
         if self.training:
             s = int(round(float(q))) - 1  # integer levels only in training (upstream: Gain[s])
             out = super().forward(xp, stage=2, s=s)
@@ -109,7 +107,7 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
             self._eb_scale = float(scale)
 
     def analysis(self, x: Tensor) -> Tensor:
-        return pad_to_multiple(x, self.downsampling_factor)  # the model's g_a runs inside compress
+        return self.pad(x)  # the model's g_a runs inside compress
 
     def compress(self, x: Tensor, quality: QualityLike):
         return self.compress_analysed(self.analysis(x), quality, tuple(x.shape[-2:]))
@@ -126,14 +124,12 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
         scale = self.scale_for(self.quality_tensor(quality=quality))
         self._prepare(scale)
         h, w = int(shape[0]), int(shape[1])
-        f = self.downsampling_factor
-        zshape = (math.ceil(h / f), math.ceil(w / f))
-        x_hat = super().decompress(list(strings), zshape, stage=2, s=0, inputscale=scale)["x_hat"]
+        x_hat = super().decompress(list(strings), self.latent_shape((h, w)), stage=2, s=0, inputscale=scale)["x_hat"]
         return {"x_hat": x_hat[..., :h, :w]}
 
     def update(self, scale_table=None, force=False, scale=None):
-        if scale_table is None:  # gainedvae's table, as for every model it codes (gainedvae.entropy)
-            scale_table = default_scale_table()
+        """:meth:`RateModel.update` (gainedvae's scale table); ``scale``: the variable-rate
+        bottleneck's quantiser gain its CDFs are built for."""
         self._eb_scale = None if scale is None else float(scale)
         return super().update(scale_table=scale_table, force=force, scale=scale)
 
@@ -148,25 +144,16 @@ class MeanScaleHyperpriorVbr(_CompressAIVbr):
 
     # -- shared start -----------------------------------------------------------
 
-    def load_backbone_state_dict(self, state_dict: Dict[str, Tensor]) -> None:
-        """Start from a single-rate ``mbt2018-mean`` state dict (upstream's stage 1).
+    #: The VBR-only modules, which keep their initial values when starting from ``mbt2018-mean``.
+    extra_key_prefixes = ("Gain", "QuantABCD.", "gayn2zqstep.", "lower_bound_zqstep.")
 
-        The VBR-only modules (``Gain``, ``QuantABCD``, ``gayn2zqstep``) keep
-        their initial values; entropy-bottleneck names are mapped to the
-        variable-rate bottleneck's.
-        """
+    def _backbone_state(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """A single-rate ``mbt2018-mean`` state dict (upstream's stage 1) with the entropy
+        bottleneck's names mapped to the variable-rate bottleneck's."""
         mapped = {}
         for k, v in state_dict.items():
             parts = k.split(".")
             if len(parts) == 3 and parts[0] == "entropy_bottleneck" and parts[1] in _OLD_EB_NAMES:
                 k = f"entropy_bottleneck.{_OLD_EB_NAMES[parts[1]]}{parts[2]}"
             mapped[k] = v
-        own = self.state_dict()
-        vbr_only = ("Gain", "QuantABCD.", "gayn2zqstep.", "lower_bound_zqstep.")
-        missing = sorted(k for k in own if k not in mapped and not k.startswith(vbr_only))
-        unexpected = sorted(k for k in mapped if k not in own)
-        if missing or unexpected:
-            raise KeyError(f"state dict does not match the mbt2018-mean backbone: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
-        merged = {k: mapped.get(k, v) for k, v in own.items()}
-        self.load_state_dict(merged)
+        return mapped
