@@ -35,10 +35,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
-from gainedvae.entropy import update_entropy_tables  # noqa: E402
-from gainedvae.evaluate import list_images, read_image  # noqa: E402
-from gainedvae.models import code, get_model, is_variable_rate, model_name  # noqa: E402
+from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint
+from gainedvae.entropy import update_entropy_tables
+from gainedvae.evaluate import list_images, read_image
+from gainedvae.models import code, get_model, is_variable_rate, model_name
 
 #: (family, (registry name, kwargs) of the gained model, (name, kwargs) of its twin)
 FAMILIES = [

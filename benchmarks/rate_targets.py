@@ -26,9 +26,9 @@ from typing import Dict
 import numpy as np
 import torch
 
-from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
-from gainedvae.evaluate import list_images, read_image  # noqa: E402
-from gainedvae.models import is_variable_rate, model_name, rate_model, stream_bytes  # noqa: E402
+from gainedvae.checkpoint import atomic_write_bytes, load_checkpoint
+from gainedvae.evaluate import list_images, read_image
+from gainedvae.models import is_variable_rate, model_name, rate_model, stream_bytes
 
 
 @torch.inference_mode()
