@@ -51,6 +51,30 @@ def test_single_rate_adapter_forward_crops_and_has_one_level(single):
         m.compress(torch.rand(1, 3, 8, 8), 2.0)
 
 
+def test_single_rate_adapter_runs_a_wrapper_without_truth_value(single):
+    """Training hands the adapter its compiled (or DDP) wrapper: a torch.compile module raises
+    on bool(), so the adapter must not test it for truth (it did: the campaign's --compile on
+    single-rate runs crashed on their first step)."""
+    wrapper = torch.compile(single)
+    with pytest.raises(TypeError):
+        bool(wrapper)
+    calls = []
+
+    class Wrapper:
+        def __bool__(self):
+            raise TypeError("no truth value")
+
+        def __call__(self, x):
+            calls.append(x.shape)
+            return single(x)
+
+    m = SingleRate(single, forward=Wrapper())
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 40, 33), level=0)
+    assert calls == [(1, 3, 64, 64)] and out["x_hat"].shape == (1, 3, 40, 33)
+    assert SingleRate(single, forward=wrapper)._forward is wrapper
+
+
 def test_variable_rate_models_are_their_own_rate_model():
     net = tiny_model()
     assert rate_model(net) is net and isinstance(net, RateModel) and is_variable_rate(net)

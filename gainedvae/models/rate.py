@@ -190,7 +190,7 @@ class SingleRate:
 
     def __init__(self, net: nn.Module, forward: Optional[Callable] = None):
         self.net = net
-        self._forward = forward or net
+        self._forward = net if forward is None else forward  # not `or`: a compiled module has no truth value
 
     @property
     def lambdas(self) -> Tuple[float, ...]:
