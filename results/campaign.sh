@@ -36,4 +36,22 @@ pretrain() {
       --steps 200000 --lr 1e-3 --milestones 0.9 --save-dir "$dir" $start
 }
 
+# The gained fine-tune (issue 16, section 2) from the shared start's weights at step $FROM (its EMA,
+# through --init), the protocol's fine-tune schedule (results/protocol.sh: lr 5e-4, 500-step warm-up,
+# x0.1 at 70 % and 90 %) over $GAINED_STEPS steps. Resumable like the shared start:
+#   FROM=48000 THREADS=1 nohup results/campaign.sh gained >> runs/protocol/gained.out 2>&1 &
+gained() {
+  local from=${FROM:?set FROM to the step of the shared start to fine-tune from}
+  local dir="$RUNS/gained-from-$((from / 1000))k" src
+  src="$RUNS/pretrain-200k/$(printf ckpt-%07d.pt "$from")"
+  local start="--resume"
+  if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
+    mkdir -p "$dir"; [ -f "$dir/start.pt" ] || cp "$src" "$dir/start.pt"  # a copy: --keep rotates the source away
+    start="--init $dir/start.pt"
+  fi
+  echo "== gained from step $from: $(date -u +%FT%TZ) $start"
+  nice -n 2 $PY train_gain.py -d $TRAIN_DATA $COMMON -m gained-mbt2018-mean \
+      --steps ${GAINED_STEPS:-15000} --lr 5e-4 --warmup-steps 500 --milestones 0.7,0.9 --save-dir "$dir" $start
+}
+
 for s in "${@:-pretrain}"; do $s; done
