@@ -19,7 +19,8 @@ is deterministic with itself.
 
 Receptive fields of CompressAI's 4-layer transforms (kernel 5, stride 2, padding 2):
 ``g_a``: output ``j`` reads pixels ``16 j - 30 .. 16 j + 30`` (radius 30 px, halo 32 px);
-``g_s``: output pixel ``o`` reads latents within ``o / 16 +- 1.875`` (halo 2 latents; 4 used).
+``g_s``: output pixel ``o`` reads latents within ``o / 16 +- 1.875`` (halo 2 latents; 4 used);
+``h_s``: output latent ``o`` reads ``z`` within ``o / 4 +- 1.75`` (halo 2).
 Peak memory is that of one extended tile, whatever the image size.
 """
 
@@ -64,6 +65,12 @@ class Tiling:
 ANALYSIS = Tiling(tile=1024, halo=32, align=16, num=1, den=16)
 #: ``g_s`` on the latent: 64-element tiles (1024 pixels), 4-element halo.
 SYNTHESIS = Tiling(tile=64, halo=4, align=1, num=16, den=1)
+#: The fixed-point ``h_s`` (:func:`gainedvae.exact.coding_params`) on ``z``: 16-element tiles (64
+#: latents, 1024 pixels), 2-element halo (CompressAI's deconv-deconv-conv3 ``h_s`` reads ``z``
+#: within 1.75 elements). Integer arithmetic: the tiles give exactly the untiled result. Its im2col
+#: buffers take about 10 KB per latent position (float64), so a tile needs about 80 MB, where the
+#: whole 6000x4000 image took 1 GB.
+HYPER_SYNTHESIS = Tiling(tile=16, halo=2, align=1, num=4, den=1)
 
 
 def _window(x: Tensor, t0: int, t1: int, l0: int, l1: int) -> Tensor:
