@@ -54,7 +54,7 @@ def worker(op: str, mode: str, image: str, gvae: str, args) -> dict:
         Path(gvae).write_bytes(data)
         extra = {"bytes": len(data)}
     else:
-        x = codec.decode(net, Path(gvae).read_bytes(), max_pixels=None)
+        x = codec.decode_image(net, Path(gvae).read_bytes(), max_pixels=None)  # the CLI's path
         extra = {"shape": list(x.shape)}
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -68,3 +68,30 @@ def test_sliced_guards_keep_their_messages(monkeypatch):
     widest = np.full(n, len(cdfs) - 1, np.int32)  # the largest scale: bits per symbol at the least
     with pytest.raises(CodecError, match=f"cannot code {n} latent symbols"):
         rans.decode_symbols(b"\x00" * 8, widest, cdfs, lengths, offsets)
+
+
+@pytest.mark.parametrize("shape", [(40, 72), (37, 101)])
+def test_decode_image_gives_the_pixels_of_decode(shape):
+    """Small forced tiles (several, cropped at the padding, converted to 8 bits one by one)."""
+    net = tiny_model().eval()
+    net.synthesis_tiling = Tiling(tile=1, halo=4, align=1, num=16, den=1)
+    img = (np.random.default_rng(6).random((*shape, 3)) * 255).astype(np.uint8)
+    data = codec.encode(net, img, 2.0)
+    image = codec.decode_image(net, data)
+    assert image.dtype == np.uint8 and image.shape == (*shape, 3)
+    assert np.array_equal(image, codec.tensor_to_image(codec.decode(net, data)))
+    net.synthesis_tiling = None  # whole: the same pixels again
+    assert np.array_equal(codec.decode_image(net, data), image)
+
+
+@pytest.mark.parametrize("tiles", [None, Tiling(tile=1, halo=4, align=1, num=16, den=1)])
+def test_decode_image_refuses_a_non_finite_decode(monkeypatch, tiles):
+    net = tiny_model().eval()
+    data = codec.encode(net, np.zeros((32, 40, 3), np.uint8), 2.0)
+    net.synthesis_tiling = tiles
+    nan = lambda y: torch.full((1, 3, 16 * y.shape[-2], 16 * y.shape[-1]), float("nan"))  # noqa: E731
+    monkeypatch.setattr(net.g_s, "forward", nan)
+    with pytest.raises(CodecError, match="non-finite"):
+        codec.decode(net, data)
+    with pytest.raises(CodecError, match="non-finite"):
+        codec.decode_image(net, data)
