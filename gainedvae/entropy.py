@@ -78,9 +78,8 @@ from compressai.ans import BufferedRansEncoder
 from compressai.entropy_models import GaussianConditional, GaussianMixtureConditional
 from torch import Tensor, nn
 
-from . import rans
 from .exact import exact_log_spaced
-from .rans import MAX_SYMBOL, rans_decoder
+from .rans import MAX_SYMBOL, decode_symbols, encode_symbols, rans_decoder
 
 __all__ = [
     "CONDITIONALS",
@@ -198,7 +197,7 @@ class TableGaussianConditional(GaussianConditional):
             raise ValueError("`inputs` and `indexes` should have the same size.")
         symbols = self.quantize(inputs, "symbols", means)
         return [
-            rans.encode_symbols(symbols[i].reshape(-1).int().cpu().numpy(), *self._coder_args(indexes[i].cpu()))
+            encode_symbols(symbols[i].reshape(-1).int().cpu().numpy(), *self._coder_args(indexes[i].cpu()))
             for i in range(symbols.size(0))
         ]
 
@@ -215,7 +214,7 @@ class TableGaussianConditional(GaussianConditional):
                 raise ValueError("Invalid means parameters")
         outputs = torch.empty(indexes.size(), dtype=torch.int32)
         for i, s in enumerate(strings):
-            values = rans.decode_symbols(s, *self._coder_args(indexes[i].cpu()))
+            values = decode_symbols(s, *self._coder_args(indexes[i].cpu()))
             outputs[i] = torch.from_numpy(values).reshape(outputs[i].size())
         return self.dequantize(outputs.to(indexes.device), means, dtype)
 
