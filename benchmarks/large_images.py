@@ -3,7 +3,8 @@
 
 Every measurement runs in a fresh worker process (``--worker``) so that its peak RSS
 (``ru_maxrss``) is its own: load the model, read the image, encode it to a ``.gvae`` file (or
-decode that file), and report seconds and peak RSS. The test image is a Kodak photograph
+decode that file to 8 bits with ``codec.decode_image``, the CLI's path), and report seconds, peak
+RSS and hashes of the file and of the decoded pixels (tiled and untiled must agree). The test image is a Kodak photograph
 upscaled (bicubic) to the requested size, so the content is photographic at every size.
 
   python benchmarks/large_images.py --sizes 3840x2160 6000x4000 --threads 1 \
@@ -13,6 +14,7 @@ upscaled (bicubic) to the requested size, so the content is photographic at ever
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -30,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--quality", type=float, default=4.0, help="quality to code at (default: %(default)s)")
     p.add_argument("--checkpoint", default=None, help="model (default: the shipped model)")
     p.add_argument("--modes", nargs="+", default=["tiled", "untiled"], choices=("tiled", "untiled"),
-                   help="tiled: the models' default tiling; untiled: g_a / g_s on the whole image")
+                   help="tiled: the models' default tiling; untiled: g_a / g_s / the fixed-point h_s on the whole image")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each worker (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--md", default=None, help="write the markdown table here")
@@ -47,15 +49,15 @@ def worker(op: str, mode: str, image: str, gvae: str, args) -> dict:
     torch.set_num_threads(args.threads)
     net = gainedvae.load_checkpoint(args.checkpoint)
     if mode == "untiled":
-        net.analysis_tiling = net.synthesis_tiling = None
+        net.analysis_tiling = net.synthesis_tiling = net.hyper_synthesis_tiling = None
     t0 = time.perf_counter()
     if op == "encode":
         data = codec.encode(net, codec.load_image(image, max_pixels=None), args.quality)
         Path(gvae).write_bytes(data)
-        extra = {"bytes": len(data)}
+        extra = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()[:16]}
     else:
-        x = codec.decode(net, Path(gvae).read_bytes(), max_pixels=None)
-        extra = {"shape": list(x.shape)}
+        x = codec.decode_image(net, Path(gvae).read_bytes(), max_pixels=None)  # the CLI's path
+        extra = {"shape": list(x.shape), "pixels_sha256": hashlib.sha256(x.tobytes()).hexdigest()[:16]}
     seconds = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"op": op, "mode": mode, "seconds": seconds, "peak_rss_bytes": rss, **extra}
@@ -81,7 +83,8 @@ def run_worker(op, mode, image, gvae, args) -> dict:
 def markdown(rows) -> str:
     lines = ["| image | mode | op | seconds | peak RSS (GiB) | notes |", "|---|---|---|---:|---:|---|"]
     for r in rows:
-        note = r.get("error", f"{r['bytes']} bytes" if "bytes" in r else "")
+        note = r.get("error", f"{r['bytes']} bytes, sha256 {r['sha256']}" if "bytes" in r
+                     else f"pixels sha256 {r.get('pixels_sha256', '?')}")
         sec = f"{r['seconds']:.1f}" if "seconds" in r else "-"
         rss = f"{r['peak_rss_bytes'] / 2**30:.2f}" if "peak_rss_bytes" in r else "-"
         lines.append(f"| {r['size']} | {r['mode']} | {r['op']} | {sec} | {rss} | {note} |")

@@ -219,10 +219,10 @@ def _decompress_file(args, src: str, out: Path, model: Callable) -> Done:
     container = codec.read_container(src)  # validate before loading a model
     net = model()
     try:
-        x_hat = codec.decode(net, container, max_pixels=_max_pixels(args))
+        image = codec.decode_image(net, container, max_pixels=_max_pixels(args))
     except codec.CodecError as err:
         raise CLIError(f"{src}: {err}") from None
-    codec.save_image(x_hat, out)
+    codec.save_image(image, out)
     message = (f"{out}: {container.width}x{container.height} from {src} "
                f"({container.nbytes} bytes, {container.bpp:.4f} bpp, quality {container.quality:g})")
     return message, container.nbytes, container.bpp

@@ -8,7 +8,7 @@ Typical use::
     x = load_image("photo.png")                  # uint8 HxWx3, any PIL mode
     data = encode(net, x, quality=4.5)           # bytes of a .gvae file
     x_hat = decode(net, data)                    # (1, 3, H, W) float in [0, 1]
-    save_image(x_hat, "photo_decoded.png")       # atomic write
+    save_image(decode_image(net, data), "photo_decoded.png")  # uint8 HxWx3, atomic write
 
     result = encode_to_bpp(net, x, target_bpp=0.5)      # rate control
     result.quality, result.bpp, result.data
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -89,6 +89,7 @@ __all__ = [
     "MAX_DIM",
     "RateControlResult",
     "decode",
+    "decode_image",
     "encode",
     "encode_to_bpp",
     "encode_to_psnr",
@@ -296,19 +297,8 @@ def _memory_error(height: int, width: int) -> CodecError:
     )
 
 
-def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tensor:
-    """Decode a ``.gvae`` file to a float image ``(1, 3, H, W)`` in ``[0, 1]``.
-
-    The result equals ``net.decompress(...)["x_hat"]`` for the stored streams.
-
-    Raises:
-        CodecError: malformed/corrupt container, a file made with other
-            weights (both identities are named), a quality outside the
-            model's range, an image whose padded size exceeds ``max_pixels``
-            (or that needs more memory than is available), a stream too short
-            for the announced image (:func:`check_stream_length`), or a
-            payload that does not decode to a finite image.
-    """
+def _decompressed(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[int], run: Callable):
+    """``(container, run(streams, (H, W), quality))`` of a checked ``.gvae`` file (see :func:`decode`)."""
     c = data if isinstance(data, Container) else Container.from_bytes(data)
     name, hash_prefix = model_identity(net)
     if c.flags & FLAG_QUALITY_MAP and not net.takes_qmap:
@@ -331,7 +321,7 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
     y_stream, z_stream = c.streams
     try:
         with torch.inference_mode():
-            x_hat = net.decompress([[y_stream], [z_stream]], (c.height, c.width), q)["x_hat"]
+            return c, run([[y_stream], [z_stream]], (c.height, c.width), q)
     except CodecError:
         raise
     except MemoryError:
@@ -340,11 +330,39 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
         if _is_allocation_failure(err):
             raise _memory_error(c.height, c.width) from None
         raise CodecError(f"corrupt payload: decoding failed ({type(err).__name__}: {err})") from None
+
+
+def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Decode a ``.gvae`` file to a float image ``(1, 3, H, W)`` in ``[0, 1]``.
+
+    The result equals ``net.decompress(...)["x_hat"]`` for the stored streams. For an 8-bit
+    image (to save or show) :func:`decode_image` gives the same pixels in less memory.
+
+    Raises:
+        CodecError: malformed/corrupt container, a file made with other
+            weights (both identities are named), a quality outside the
+            model's range, an image whose padded size exceeds ``max_pixels``
+            (or that needs more memory than is available), a stream too short
+            for the announced image (:func:`check_stream_length`), or a
+            payload that does not decode to a finite image.
+    """
+    c, x_hat = _decompressed(net, data, max_pixels, lambda *args: net.decompress(*args)["x_hat"])
     if x_hat.shape != (1, 3, c.height, c.width):
         raise CodecError(f"corrupt payload: decoded shape {tuple(x_hat.shape)}")
     if not torch.isfinite(x_hat).all():
         raise CodecError("corrupt payload: the streams decode to non-finite values")
     return x_hat
+
+
+def decode_image(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a ``.gvae`` file to a ``uint8`` ``(H, W, 3)`` image: the pixels of
+    ``tensor_to_image(decode(net, data))``, checked and refused as :func:`decode` does.
+
+    The synthesis writes 8-bit tiles into the result as it produces them
+    (``net.decompress_8bit``): no float image of the full size exists (at 6000x4000: the
+    72 MB result instead of a 288 MB float image and its conversion).
+    """
+    return _decompressed(net, data, max_pixels, net.decompress_8bit)[1].cpu().numpy()
 
 
 # ---------------------------------------------------------------------------

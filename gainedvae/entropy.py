@@ -79,7 +79,7 @@ from compressai.entropy_models import GaussianConditional, GaussianMixtureCondit
 from torch import Tensor, nn
 
 from .exact import exact_log_spaced
-from .rans import MAX_SYMBOL, rans_decoder
+from .rans import MAX_SYMBOL, decode_symbols, encode_symbols, rans_decoder
 
 __all__ = [
     "CONDITIONALS",
@@ -145,7 +145,7 @@ class TableGaussianConditional(GaussianConditional):
 
     def build_indexes(self, scales: Tensor) -> Tensor:
         scales = self.lower_bound_scale(scales)
-        return torch.searchsorted(self.scale_table[:-1].contiguous(), scales.contiguous()).int()
+        return torch.searchsorted(self.scale_table[:-1].contiguous(), scales.contiguous(), out_int32=True)
 
     # CompressAI converts the whole padded CDF table to Python lists at every compress /
     # decompress call (with 256 scales: 256 rows of ~3,000 entries, ~15 ms). The table only
@@ -173,33 +173,37 @@ class TableGaussianConditional(GaussianConditional):
             self.__dict__["_coder_lists"] = lists
         return lists
 
-    def _coder_args(self, indexes: Tensor) -> Tuple[List[int], List[List[int]], List[int], List[int]]:
-        """``(indexes, cdfs, cdf_lengths, offsets)`` of one image for the rANS coder."""
-        return (indexes.reshape(-1).int().tolist(), *self.coder_tables())
+    def _coder_args(self, indexes: Tensor) -> Tuple[np.ndarray, List[List[int]], List[int], List[int]]:
+        """``(indexes, cdfs, cdf_lengths, offsets)`` of one image for the rANS coder (the
+        indexes as a flat ``int32`` array: :func:`gainedvae.rans.encode_symbols` hands them to
+        the coder a slice at a time)."""
+        return (indexes.reshape(-1).int().numpy(), *self.coder_tables())
 
     def compact_coder_args(self, indexes: Tensor) -> Tuple[List[int], List[List[int]], List[int], List[int]]:
-        """:meth:`_coder_args` with only the CDFs ``indexes`` use, renumbered (the coder
-        converts every CDF handed to it on every call: the context models' per-position
-        calls would pay for the whole table each time). Same symbols as the full table."""
+        """``(indexes, cdfs, cdf_lengths, offsets)`` with only the CDFs ``indexes`` use, renumbered
+        (the coder converts every CDF handed to it on every call: the context models'
+        per-position calls would pay for the whole table each time). Same symbols as the full table."""
         cdfs, lengths, offsets = self.coder_tables()
         unique, inverse = torch.unique(indexes.reshape(-1), return_inverse=True)
         used = unique.tolist()
         return inverse.tolist(), [cdfs[u] for u in used], [lengths[u] for u in used], [offsets[u] for u in used]
 
     def compress(self, inputs: Tensor, indexes: Tensor, means: Optional[Tensor] = None) -> List[bytes]:
-        """As :meth:`EntropyModel.compress` (same bytes), with the cached coder tables."""
+        """As :meth:`EntropyModel.compress` (same bytes), with the cached coder tables and the
+        symbols coded in slices (:func:`gainedvae.rans.encode_symbols`: bounded Python lists)."""
         if inputs.dim() < 2:
             raise ValueError("Invalid `inputs` size. Expected a tensor with at least 2 dimensions.")
         if inputs.size() != indexes.size():
             raise ValueError("`inputs` and `indexes` should have the same size.")
         symbols = self.quantize(inputs, "symbols", means)
         return [
-            self.entropy_coder.encode_with_indexes(symbols[i].reshape(-1).int().tolist(), *self._coder_args(indexes[i]))
+            encode_symbols(symbols[i].reshape(-1).int().cpu().numpy(), *self._coder_args(indexes[i].cpu()))
             for i in range(symbols.size(0))
         ]
 
     def decompress(self, strings, indexes: Tensor, dtype: torch.dtype = torch.float, means: Optional[Tensor] = None):
-        """As :meth:`EntropyModel.decompress` (same values), with the cached coder tables."""
+        """As :meth:`EntropyModel.decompress` (same values), with the cached coder tables and the
+        symbols decoded in slices (:func:`gainedvae.rans.decode_symbols`: bounded Python lists)."""
         _check_strings(strings, indexes.size(0))
         if indexes.dim() < 2:
             raise ValueError("Invalid `indexes` size. Expected a tensor with at least 2 dimensions.")
@@ -210,8 +214,8 @@ class TableGaussianConditional(GaussianConditional):
                 raise ValueError("Invalid means parameters")
         outputs = torch.empty(indexes.size(), dtype=torch.int32)
         for i, s in enumerate(strings):
-            values = self.entropy_coder.decode_with_indexes(s, *self._coder_args(indexes[i]))
-            outputs[i] = torch.tensor(values, dtype=torch.int32).reshape(outputs[i].size())
+            values = decode_symbols(s, *self._coder_args(indexes[i].cpu()))
+            outputs[i] = torch.from_numpy(values).reshape(outputs[i].size())
         return self.dequantize(outputs.to(indexes.device), means, dtype)
 
 
@@ -338,7 +342,7 @@ class AsymmetricGaussianConditional(TableGaussianConditional):
         unique, inverse = torch.unique(indexes.reshape(-1), return_inverse=True)
         entries = [self._pair_cdf(int(u)) for u in unique.tolist()]
         cdfs = [e[0] for e in entries]
-        return inverse.int().tolist(), cdfs, [len(c) for c in cdfs], [e[1] for e in entries]
+        return inverse.int().numpy(), cdfs, [len(c) for c in cdfs], [e[1] for e in entries]
 
 
 class GMMConditional(GaussianMixtureConditional):

@@ -14,7 +14,9 @@ module holds everything gainedvae does about that, for every coding path:
   coders of the context models;
 * :func:`check_encodable`: refuses symbols before encoding;
 * :func:`check_stream_length`: refuses a stream too short for its symbols;
-* :func:`guard_entropy_coders`: puts all three on a model's entropy coders.
+* :func:`guard_entropy_coders`: puts all three on a model's entropy coders;
+* :func:`encode_symbols` / :func:`decode_symbols`: one guarded stream coded in slices of
+  :data:`CHUNK_SYMBOLS` (the conditionals of ``y``: bounded Python lists at any image size).
 
 It depends on numpy and CompressAI's coder only (errors are
 :class:`~gainedvae.container.CodecError`, from the torch-free container).
@@ -24,17 +26,22 @@ from __future__ import annotations
 
 import array
 import math
+from typing import Optional
 
 import numpy as np
-from compressai.ans import RansDecoder
+from compressai.ans import BufferedRansEncoder, RansDecoder
 
 from .container import CodecError
 
 __all__ = [
+    "CHUNK_SYMBOLS",
     "MAX_SYMBOL",
     "MIN_STREAM_FRACTION",
     "check_encodable",
     "check_stream_length",
+    "chunks",
+    "decode_symbols",
+    "encode_symbols",
     "guard_entropy_coders",
     "min_stream_bits",
     "rans_decoder",
@@ -102,6 +109,52 @@ def _nibbles(m: np.ndarray) -> np.ndarray:
     return (bits + 3) // 4
 
 
+#: Symbols per slice of the checks' temporaries (int64 / float64 copies of a slice only, so a
+#: 24 MP latent of 9 M symbols needs a few 8 MB arrays instead of several 72 MB ones) and of the
+#: entropy models' coding (:meth:`gainedvae.entropy.TableGaussianConditional.compress`).
+CHUNK_SYMBOLS = 1 << 20
+
+
+def chunks(n: int, size: Optional[int] = None):
+    """``(start, stop)`` of consecutive slices of ``range(n)`` of at most ``size`` elements
+    (default :data:`CHUNK_SYMBOLS`, read at call time)."""
+    size = size or CHUNK_SYMBOLS
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def _as_int32(symbols) -> np.ndarray:
+    """``symbols`` (a sequence of ints or an ``int32`` array, taken as is) as an ``int32`` array."""
+    if isinstance(symbols, np.ndarray) and symbols.dtype == np.int32:
+        return symbols
+    try:
+        return np.frombuffer(array.array("i", symbols), dtype=np.int32)
+    except OverflowError:
+        raise CodecError("latent symbols overflow int32 (cannot be rANS-coded)") from None
+
+
+def _escape_bound_bits(sym32: np.ndarray) -> int:
+    """Bits of the symbols if every one escaped: ``16 + 4 * (1 + nibbles(2|s|))`` each (0 costs 16)."""
+    m = 2 * np.abs(sym32.astype(np.int64))
+    return 16 * len(sym32) + int(np.sum(np.where(m > 0, 4 * (1 + _nibbles(m)), 0)))
+
+
+def _exact_bits(sym32: np.ndarray, indexes, cdfs, cdfs_sizes, offsets, table: np.ndarray) -> float:
+    """The encoder's exact cost of the symbols, in bits (``table``: the CDFs as one padded array)."""
+    sym = sym32.astype(np.int64)
+    idx = np.asarray(indexes, dtype=np.int64)
+    off = np.asarray(offsets, dtype=np.int64)[idx]
+    max_value = np.asarray(cdfs_sizes, dtype=np.int64)[idx] - 2
+    value = sym - off
+    escape = (value < 0) | (value >= max_value)
+    coded = np.where(escape, max_value, value)
+    freq = table[idx, coded + 1] - table[idx, coded]
+    if (freq <= 0).any():
+        raise CodecError("invalid entropy model tables (a symbol has zero frequency)")
+    raw = np.where(value < 0, -2 * value - 1, 2 * (value - max_value))[escape]
+    n_bypass = _nibbles(raw)
+    return float(np.sum(16 - np.log2(freq))) + float(np.sum(4 * (n_bypass + n_bypass // 15 + 1)))
+
+
 def check_encodable(symbols, indexes, cdfs, cdfs_sizes, offsets) -> None:
     """Refuse symbols that CompressAI's rANS encoder cannot code safely.
 
@@ -112,14 +165,14 @@ def check_encodable(symbols, indexes, cdfs, cdfs_sizes, offsets) -> None:
     makes its escape loop spin forever. This computes an upper bound of the bits the encoder
     will write (exact per-symbol cost when a cheap bound is not enough) and
     raises :class:`CodecError` when it does not fit.
+
+    ``symbols`` / ``indexes``: sequences of ints or ``int32`` arrays (not copied); the bounds
+    are summed over slices of :data:`CHUNK_SYMBOLS`, so the temporaries stay bounded.
     """
     n = len(symbols)
     if n == 0:
         return
-    try:
-        sym32 = np.frombuffer(array.array("i", symbols), dtype=np.int32)
-    except OverflowError:
-        raise CodecError("latent symbols overflow int32 (cannot be rANS-coded)") from None
+    sym32 = _as_int32(symbols)
     largest = max(int(sym32.max()), -int(sym32.min()))
     if largest >= MAX_SYMBOL:
         raise CodecError(
@@ -134,28 +187,13 @@ def check_encodable(symbols, indexes, cdfs, cdfs_sizes, offsets) -> None:
         worst = 16 + 4 * (1 + int(_nibbles(np.array([2 * largest]))[0]))
         if n * worst / 8 <= limit:  # even if every symbol escaped
             return
-        sym = sym32.astype(np.int64)
-        m = 2 * np.abs(sym)
-        bits = 16 * n + int(np.sum(np.where(m > 0, 4 * (1 + _nibbles(m)), 0)))
-        if bits / 8 <= limit:
+        if sum(_escape_bound_bits(sym32[a:b]) for a, b in chunks(n)) / 8 <= limit:
             return
-    sym = sym32.astype(np.int64)
     # Exact cost of every symbol.
-    idx = np.fromiter(indexes, dtype=np.int64, count=n)
-    off = np.asarray(offsets, dtype=np.int64)[idx]
-    max_value = np.asarray(cdfs_sizes, dtype=np.int64)[idx] - 2
-    value = sym - off
-    escape = (value < 0) | (value >= max_value)
-    coded = np.where(escape, max_value, value)
     table = np.zeros((len(cdfs), max(map(len, cdfs))), dtype=np.int64)  # rows may be cut to their lengths
     for i, row in enumerate(cdfs):
         table[i, : len(row)] = row
-    freq = table[idx, coded + 1] - table[idx, coded]
-    if (freq <= 0).any():
-        raise CodecError("invalid entropy model tables (a symbol has zero frequency)")
-    raw = np.where(value < 0, -2 * value - 1, 2 * (value - max_value))[escape]
-    n_bypass = _nibbles(raw)
-    bits = float(np.sum(16 - np.log2(freq))) + float(np.sum(4 * (n_bypass + n_bypass // 15 + 1)))
+    bits = sum(_exact_bits(sym32[a:b], indexes[a:b], cdfs, cdfs_sizes, offsets, table) for a, b in chunks(n))
     if bits / 8 > limit:
         raise CodecError(
             f"the latent needs about {bits / 8:.0f} bytes for {n} symbols, more than CompressAI's rANS encoder "
@@ -205,7 +243,8 @@ def min_stream_bits(indexes, cdfs, cdfs_sizes) -> float:
     """A lower bound of the bits CompressAI's rANS encoder writes for symbols coded
     with the tables ``indexes`` (every symbol the most probable one of its table,
     less the coder's rounding loss, :data:`_RANS_ROUNDING_BITS` per symbol;
-    escape bits and the 8-byte flush are not counted)."""
+    escape bits and the 8-byte flush are not counted). ``indexes``: a sequence of
+    ints or an integer array, read in slices of :data:`CHUNK_SYMBOLS`."""
     hit = _MIN_BITS_CACHE.pop(id(cdfs), None)
     if hit is None or hit[0] is not cdfs:
         hit = (cdfs, np.maximum(_table_min_bits(cdfs, cdfs_sizes) - _RANS_ROUNDING_BITS, 0.0))
@@ -213,12 +252,20 @@ def min_stream_bits(indexes, cdfs, cdfs_sizes) -> float:
     while len(_MIN_BITS_CACHE) > 4:
         _MIN_BITS_CACHE.pop(next(iter(_MIN_BITS_CACHE)))
     per_table = hit[1]
-    idx = np.asarray(indexes, dtype=np.int64)
-    if idx.size == 0:
+    if len(indexes) == 0:
         return 0.0
-    if idx.min() < 0 or idx.max() >= len(per_table):
-        raise CodecError(f"entropy table index out of range (0..{len(per_table) - 1})")
-    return float(np.bincount(idx, minlength=len(per_table)) @ per_table)
+    counts = np.zeros(len(per_table), dtype=np.int64)
+    for a, b in chunks(len(indexes)):  # int64 copies of one slice at a time
+        idx = np.asarray(indexes[a:b], dtype=np.int64)
+        if idx.min() < 0 or idx.max() >= len(per_table):
+            raise CodecError(f"entropy table index out of range (0..{len(per_table) - 1})")
+        counts += np.bincount(idx, minlength=len(per_table))
+    return float(counts @ per_table)
+
+
+def _check_bytes(stream) -> None:
+    if not isinstance(stream, (bytes, bytearray)):
+        raise CodecError(f"a stream must be bytes, got {type(stream).__name__}")
 
 
 def check_stream_length(stream: bytes, indexes, cdfs, cdfs_sizes) -> None:
@@ -247,8 +294,7 @@ class _GuardedDecoder(_Proxy):
     """
 
     def decode_with_indexes(self, encoded, indexes, *args, **kwargs):
-        if not isinstance(encoded, (bytes, bytearray)):
-            raise CodecError(f"a stream must be bytes, got {type(encoded).__name__}")
+        _check_bytes(encoded)
         if len(args) >= 2:
             check_stream_length(encoded, indexes, args[0], args[1])
         padded = bytes(encoded) + bytes(rans_padding(encoded, len(indexes)))
@@ -294,7 +340,6 @@ def guard_entropy_coders(net):
     return net
 
 
-
 def rans_decoder(stream: bytes, n_symbols: int) -> RansDecoder:
     """A :class:`compressai.ans.RansDecoder` set to ``stream`` for decoding
     ``n_symbols`` symbols one call at a time (``decode_stream``).
@@ -304,8 +349,41 @@ def rans_decoder(stream: bytes, n_symbols: int) -> RansDecoder:
     as without padding): the same guard :func:`guard_entropy_coders` puts on
     the entropy models' own ``decode_with_indexes``.
     """
-    if not isinstance(stream, (bytes, bytearray)):
-        raise ValueError(f"a stream must be bytes, got {type(stream).__name__}")
+    _check_bytes(stream)
     decoder = RansDecoder()
     decoder.set_stream(bytes(stream) + bytes(rans_padding(bytes(stream), n_symbols)))
     return decoder
+
+
+def encode_symbols(symbols: np.ndarray, indexes: np.ndarray, cdfs, cdfs_sizes, offsets) -> bytes:
+    """One rANS stream of the ``int32`` ``symbols`` coded with the tables ``indexes`` (``int32``).
+
+    Checked first (:func:`check_encodable`), then handed to one
+    :class:`~compressai.ans.BufferedRansEncoder` in slices of :data:`CHUNK_SYMBOLS` and flushed
+    once: the same bytes as one ``encode_with_indexes`` call, but the Python lists the coder
+    takes hold one slice (8 MB each) instead of the whole latent (72 MB each at 24 MP).
+    """
+    check_encodable(symbols, indexes, cdfs, cdfs_sizes, offsets)
+    encoder = BufferedRansEncoder()
+    for a, b in chunks(len(symbols)):
+        encoder.encode_with_indexes(symbols[a:b].tolist(), indexes[a:b].tolist(), cdfs, cdfs_sizes, offsets)
+    return encoder.flush()
+
+
+def decode_symbols(stream: bytes, indexes: np.ndarray, cdfs, cdfs_sizes, offsets) -> np.ndarray:
+    """The ``int32`` symbols of :func:`encode_symbols`'s ``stream``, coded with the tables ``indexes``.
+
+    Guarded as ``decode_with_indexes`` is (:func:`check_stream_length`, zero padding by
+    :func:`rans_decoder`), then decoded with one stream and ``decode_stream`` per slice of
+    :data:`CHUNK_SYMBOLS` into one preallocated array: the same values as one call, with
+    Python lists of one slice only.
+    """
+    _check_bytes(stream)
+    check_stream_length(stream, indexes, cdfs, cdfs_sizes)
+    out = np.empty(len(indexes), dtype=np.int32)
+    if len(out) == 0:
+        return out
+    decoder = rans_decoder(stream, len(out))
+    for a, b in chunks(len(out)):
+        out[a:b] = decoder.decode_stream(indexes[a:b].tolist(), cdfs, cdfs_sizes, offsets)
+    return out

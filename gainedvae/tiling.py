@@ -19,7 +19,8 @@ is deterministic with itself.
 
 Receptive fields of CompressAI's 4-layer transforms (kernel 5, stride 2, padding 2):
 ``g_a``: output ``j`` reads pixels ``16 j - 30 .. 16 j + 30`` (radius 30 px, halo 32 px);
-``g_s``: output pixel ``o`` reads latents within ``o / 16 +- 1.875`` (halo 2 latents; 4 used).
+``g_s``: output pixel ``o`` reads latents within ``o / 16 +- 1.875`` (halo 2 latents; 4 used);
+``h_s``: output latent ``o`` reads ``z`` within ``o / 4 +- 1.75`` (halo 2).
 Peak memory is that of one extended tile, whatever the image size.
 """
 
@@ -64,6 +65,12 @@ class Tiling:
 ANALYSIS = Tiling(tile=1024, halo=32, align=16, num=1, den=16)
 #: ``g_s`` on the latent: 64-element tiles (1024 pixels), 4-element halo.
 SYNTHESIS = Tiling(tile=64, halo=4, align=1, num=16, den=1)
+#: The fixed-point ``h_s`` (:func:`gainedvae.exact.coding_params`) on ``z``: 16-element tiles (64
+#: latents, 1024 pixels), 2-element halo (CompressAI's deconv-deconv-conv3 ``h_s`` reads ``z``
+#: within 1.75 elements). Integer arithmetic: the tiles give exactly the untiled result. Its im2col
+#: buffers take about 10 KB per latent position (float64), so a tile needs about 80 MB, where the
+#: whole 6000x4000 image took 1 GB.
+HYPER_SYNTHESIS = Tiling(tile=16, halo=2, align=1, num=4, den=1)
 
 
 def _window(x: Tensor, t0: int, t1: int, l0: int, l1: int) -> Tensor:
@@ -77,39 +84,56 @@ def _window(x: Tensor, t0: int, t1: int, l0: int, l1: int) -> Tensor:
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
+def _put(out: Tensor, part: Tensor, top: int, left: int, finish: Callable[[Tensor], Tensor]) -> None:
+    """Write ``finish(part)`` into ``out`` at ``(top, left)``, ``part`` first clipped to ``out``'s size."""
+    rows, cols = min(part.shape[-2], out.shape[-2] - top), min(part.shape[-1], out.shape[-1] - left)
+    out[..., top : top + rows, left : left + cols] = finish(part[..., :rows, :cols])
+
+
 def tiled(fn: Callable[[Tensor], Tensor], x: Tensor, tiling: Tiling, size: Optional[Tuple[int, int]] = None,
-          prepare: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+          prepare: Optional[Callable[[Tensor], Tensor]] = None, finish: Optional[Callable[[Tensor], Tensor]] = None,
+          out: Optional[Tensor] = None) -> Tensor:
     """``fn(x)`` computed over tiles of ``x`` (``(B, C, H, W)``), see the module docstring.
 
     ``size``: the input size to compute on, ``x`` replicate-padded on the bottom / right to it
     (default ``x``'s own size; must be a multiple of ``tiling.align``): the padding is done
     per tile, so a padded copy of the whole input never exists. ``prepare`` is applied to every
-    (padded) tile before ``fn``, e.g. the conversion of a ``uint8`` image to float. An input that
-    fits in one tile is computed whole.
+    (padded) tile before ``fn``, e.g. the conversion of a ``uint8`` image to float. ``out``: the
+    tensor to write into (any strides, e.g. a permuted view of an ``(H, W, 3)`` array); one smaller
+    than the output receives its top-left part (the padding cropped); default a new tensor of the
+    full output size. ``finish`` (with ``out``) is applied to every kept and cropped part of the
+    output before it is written, e.g. the conversion to 8 bits, so that a full-size float output
+    never exists either. An input that fits in one tile is computed whole.
     """
     h, w = size if size is not None else x.shape[-2:]
     if h % tiling.align or w % tiling.align:
         raise ValueError(f"input size {h}x{w} is not a multiple of {tiling.align}")
     if h < x.shape[-2] or w < x.shape[-1]:
         raise ValueError(f"size {h}x{w} is smaller than the input {tuple(x.shape[-2:])}")
+    if finish is not None and out is None:
+        raise ValueError("tiled: finish needs out (the tensor of the finished output)")
     prepare = prepare or (lambda t: t)
+    finish = finish or (lambda t: t)
     if h <= tiling.tile and w <= tiling.tile:
-        return fn(prepare(_window(x, 0, h, 0, w)))
-    out = None
+        part = fn(prepare(_window(x, 0, h, 0, w)))
+        if out is None:
+            return part
+        _put(out, part, 0, 0, finish)
+        return out
     for top in range(0, h, tiling.tile):
         for left in range(0, w, tiling.tile):
+            if out is not None and (tiling.out(top) >= out.shape[-2] or tiling.out(left) >= out.shape[-1]):
+                continue  # all cropped away
             bottom, right = min(top + tiling.tile, h), min(left + tiling.tile, w)
             t0, l0 = max(0, top - tiling.halo), max(0, left - tiling.halo)
             t1, l1 = min(h, bottom + tiling.halo), min(w, right + tiling.halo)
             part = fn(prepare(_window(x, t0, t1, l0, l1)))
-            if out is None:
-                out = part.new_empty(*part.shape[:-2], tiling.out(h), tiling.out(w))
             oy, ox = tiling.out(top - t0), tiling.out(left - l0)
-            th, tw = tiling.out(bottom - top), tiling.out(right - left)
-            out[..., tiling.out(top) : tiling.out(bottom), tiling.out(left) : tiling.out(right)] = part[
-                ..., oy : oy + th, ox : ox + tw
-            ]
-            del part
+            kept = part[..., oy : oy + tiling.out(bottom - top), ox : ox + tiling.out(right - left)]
+            if out is None:
+                out = kept.new_empty(*kept.shape[:-2], tiling.out(h), tiling.out(w))
+            _put(out, kept, tiling.out(top), tiling.out(left), finish)
+            del part, kept
     return out
 
 

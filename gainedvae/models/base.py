@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..container import padded_size
+from ..container import CodecError, padded_size
 from ..gain import LatentGains, QualityLike
 from ..tiling import Tiling, tiled
 from .rate import RateModel
@@ -24,6 +24,17 @@ from .rate import RateModel
 def to_float_image(x: Tensor) -> Tensor:
     """A ``uint8`` image as float in ``[0, 1]`` (``v / 255``); a float image unchanged."""
     return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+def to_8bit(x: Tensor) -> Tensor:
+    """A float image as ``uint8``: ``round(255 * clamp(x, 0, 1))``, the rule of
+    :func:`gainedvae.imageio.tensor_to_image` on :meth:`GainedModel.decompress`'s image.
+    A NaN (a corrupt stream) has no 8-bit value: :class:`CodecError`, with the message of
+    :func:`gainedvae.codec.decode`'s check."""
+    x = x.clamp(0, 1)
+    if not torch.isfinite(x).all():
+        raise CodecError("corrupt payload: the streams decode to non-finite values")
+    return x.mul_(255).round_().to(torch.uint8)
 
 
 class GainedModel(RateModel, ABC):
@@ -173,16 +184,39 @@ class GainedModel(RateModel, ABC):
         y_strings = self._y_compress(y, self._coding_params(z_hat, q))
         return {"strings": [y_strings, z_strings], "shape": (int(shape[0]), int(shape[1]))}
 
-    def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
-        """Decode :meth:`compress`'s ``strings`` for an image of ``shape = (H, W)``."""
+    def _decode_latents(self, strings, shape: Sequence[int], quality: QualityLike) -> Tuple[Tensor, Tensor]:
+        """``(y_hat × IG_y(q), z_hat × IG_z(q))`` of :meth:`compress`'s ``strings``: the input of the synthesis."""
         if not isinstance(strings, (list, tuple)) or len(strings) != 2:
             raise ValueError("strings must be [y_strings, z_strings] as returned by compress()")
         if len(strings[0]) != len(strings[1]):
             raise ValueError(f"got {len(strings[0])} y strings but {len(strings[1])} z strings")
         q = self.scalar_quality(quality)
-        h, w = int(shape[0]), int(shape[1])
-        z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((h, w)))
-        z_dec = z_hat * self.gain.z_inv(q)
+        z_hat = self.entropy_bottleneck.decompress(strings[1], self.latent_shape((int(shape[0]), int(shape[1]))))
         y_hat = self._y_decompress(strings[0], self._coding_params(z_hat, q))
-        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec).clamp_(0, 1)
-        return {"x_hat": x_hat[..., :h, :w]}
+        return y_hat * self.gain.y_inv(q), z_hat * self.gain.z_inv(q)
+
+    def decompress(self, strings, shape: Sequence[int], quality: QualityLike):
+        """Decode :meth:`compress`'s ``strings`` for an image of ``shape = (H, W)``."""
+        x_hat = self._synthesis_transform(*self._decode_latents(strings, shape, quality)).clamp_(0, 1)
+        return {"x_hat": x_hat[..., : int(shape[0]), : int(shape[1])]}
+
+    def decompress_8bit(self, strings, shape: Sequence[int], quality: QualityLike) -> Tensor:
+        """:meth:`decompress`'s image of one file as ``uint8`` ``(H, W, 3)`` (:func:`to_8bit`: the
+        pixels of ``tensor_to_image(decompress(...)["x_hat"])``).
+
+        Where ``g_s`` tiles (:attr:`synthesis_tiling`, no gradients), each tile is converted as it
+        is produced and written into the preallocated result, cropped: the float image of the full
+        size (288 MB at 6000x4000, and its conversion) never exists; the tiles are those of
+        :meth:`decompress`, so are the values.
+        """
+        y_dec, z_dec = self._decode_latents(strings, shape, quality)
+        if y_dec.size(0) != 1:
+            raise ValueError(f"decompress_8bit decodes one image, got a batch of {y_dec.size(0)}")
+        h, w = int(shape[0]), int(shape[1])
+        out = torch.empty(h, w, 3, dtype=torch.uint8, device=y_dec.device)
+        planes = out.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) view of the (H, W, 3) result
+        if self.synthesis_tiling is not None and not torch.is_grad_enabled():
+            tiled(self.g_s, y_dec, self.synthesis_tiling, finish=to_8bit, out=planes)
+        else:
+            planes.copy_(to_8bit(self._synthesis_transform(y_dec, z_dec)[..., :h, :w]))
+        return out

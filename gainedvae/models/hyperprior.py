@@ -47,6 +47,8 @@ class GainedHyperprior(GainedModel):
 
     analysis_tiling = tiling.ANALYSIS
     synthesis_tiling = tiling.SYNTHESIS
+    #: How :meth:`_coding_params` tiles ``z_hat`` (:data:`gainedvae.tiling.HYPER_SYNTHESIS`); ``None``: whole.
+    hyper_synthesis_tiling: Optional[tiling.Tiling] = tiling.HYPER_SYNTHESIS
 
     #: ``h_s`` predicts means as well as scales (mean-scale hyperprior).
     entropy_with_means: bool
@@ -70,8 +72,14 @@ class GainedHyperprior(GainedModel):
     def _coding_params(self, z_hat: Tensor, q: Tensor) -> Tensor:
         """The entropy parameters for coding: ``h_s(z_hat × IG_z(q))`` in fixed point
         (:func:`gainedvae.exact.coding_params`), so that the decoder picks the
-        encoder's CDFs and means on every machine. ``forward()`` stays float."""
-        return exact.coding_params(self, z_hat, q)
+        encoder's CDFs and means on every machine. ``forward()`` stays float.
+
+        Run over tiles of ``z_hat`` (:attr:`hyper_synthesis_tiling`): the fixed-point layers'
+        float64 buffers grow with the image (1 GB at 6000x4000 whole, about 80 MB a tile);
+        integer arithmetic, so the result is exactly the untiled one."""
+        if self.hyper_synthesis_tiling is None:
+            return exact.coding_params(self, z_hat, q)
+        return tiling.tiled(lambda z: exact.coding_params(self, z, q), z_hat, self.hyper_synthesis_tiling)
 
     def _entropy_params(self, params: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """``(scales, means)`` of the conditional from the hyper-synthesis output."""
