@@ -111,12 +111,12 @@ def _pixel_count(text: str) -> int:
 
 
 def _add_max_pixels(p: argparse.ArgumentParser, what: str) -> None:
-    from .container import DECODE_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
+    from .container import DEFAULT_MAX_PIXELS, decode_memory_bytes
 
     p.add_argument(
         "--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
         help=f"{what}: limit on the image size padded to multiples of 64 (default {DEFAULT_MAX_PIXELS}, "
-             f"about {DEFAULT_MAX_PIXELS * DECODE_BYTES_PER_PIXEL / 1e9:.1f} GB to decode; 0 = no limit)",
+             f"about {decode_memory_bytes(8192, 8192) / 1e9:.1f} GB to decode with the shipped model; 0 = no limit)",
     )
 
 

@@ -275,9 +275,15 @@ def available_memory_bytes() -> Optional[int]:
     return min(limits) if limits else None
 
 
-def check_memory(height: int, width: int) -> None:
-    """:class:`CodecError` when decoding ``height x width`` needs more memory than is available."""
-    need, have = decode_memory_bytes(height, width), available_memory_bytes()
+def _tiled(net: nn.Module) -> bool:
+    """Whether ``net`` decodes in tiles (its memory is bounded, :func:`decode_memory_bytes`)."""
+    return getattr(net, "synthesis_tiling", None) is not None
+
+
+def check_memory(height: int, width: int, tiled: bool = True) -> None:
+    """:class:`CodecError` when decoding ``height x width`` (with a tiled model or not) needs more
+    memory than is available."""
+    need, have = decode_memory_bytes(height, width, tiled), available_memory_bytes()
     if have is not None and need > have:
         raise CodecError(
             f"not enough memory to decode the file's {height}x{width} image: it needs about {gigabytes(need)}, "
@@ -290,10 +296,10 @@ def _is_allocation_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("allocate" in text or "out of memory" in text.lower())
 
 
-def _memory_error(height: int, width: int) -> CodecError:
+def _memory_error(height: int, width: int, tiled: bool) -> CodecError:
     return CodecError(
         f"not enough memory to decode the file's {height}x{width} image: it needs about "
-        f"{gigabytes(decode_memory_bytes(height, width))}"
+        f"{gigabytes(decode_memory_bytes(height, width, tiled))}"
     )
 
 
@@ -315,8 +321,8 @@ def _decompressed(net: nn.Module, data: Union[bytes, Container], max_pixels: Opt
     q = _check_quality(net, c.quality, source="file quality")
     if len(c.streams) != 2:
         raise CodecError(f"{name} files have 2 streams (y, z), this one has {len(c.streams)}")
-    check_pixels(c.height, c.width, max_pixels, "the file's image")
-    check_memory(c.height, c.width)
+    check_pixels(c.height, c.width, max_pixels, "the file's image", _tiled(net))
+    check_memory(c.height, c.width, _tiled(net))
     guard_entropy_coders(net)
     y_stream, z_stream = c.streams
     try:
@@ -325,10 +331,10 @@ def _decompressed(net: nn.Module, data: Union[bytes, Container], max_pixels: Opt
     except CodecError:
         raise
     except MemoryError:
-        raise _memory_error(c.height, c.width) from None
+        raise _memory_error(c.height, c.width, _tiled(net)) from None
     except (RuntimeError, ValueError, OverflowError, IndexError, TypeError) as err:
         if _is_allocation_failure(err):
-            raise _memory_error(c.height, c.width) from None
+            raise _memory_error(c.height, c.width, _tiled(net)) from None
         raise CodecError(f"corrupt payload: decoding failed ({type(err).__name__}: {err})") from None
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "CodecError",
     "Container",
     "DECODE_BYTES_PER_PIXEL",
+    "TILED_BYTES_PER_PIXEL",
+    "TILED_FIXED_BYTES",
     "DEFAULT_MAX_PIXELS",
     "FLAG_QUALITY_MAP",
     "FORMAT_VERSION",
@@ -54,14 +56,20 @@ MAX_DIM = 65535 * 4
 #: Bytes of the weights hash stored in a container (32 hex characters).
 HASH_BYTES = 16
 #: Default limit on the *padded* image size (``H`` and ``W`` rounded up to the
-#: model's downsampling factor, 64) for :func:`decode` and :func:`load_image`:
-#: decoding needs about :data:`DECODE_BYTES_PER_PIXEL` bytes per padded pixel,
-#: so the default (16.8 MP, e.g. 4096x4096) needs about 4.2 GB. Pass
-#: ``max_pixels=None`` to lift it (``--max-pixels 0`` on the command line).
-DEFAULT_MAX_PIXELS = 1 << 24
-#: Peak memory of :func:`decode` per padded pixel (measured with the shipped
-#: gained-mbt2018-mean, see docs/format.md), for "needs about X GB" messages.
+#: model's downsampling factor, 64) for :func:`decode` and :func:`load_image`: 2^26
+#: = 67.1 MP (e.g. 8192x8192; a 24 MP camera photo fits). It bounds the decoding
+#: time of a file (about 80 s at 67 MP with the shipped model on one core); memory
+#: has its own check (:func:`decode_memory_bytes`). Pass ``max_pixels=None`` to lift
+#: it (``--max-pixels 0`` on the command line).
+DEFAULT_MAX_PIXELS = 1 << 26
+#: Decoding memory beyond the loaded model (measured with the shipped gained-mbt2018-mean,
+#: see docs/format.md and results/benchmarks/large_images.md). A model whose ``g_a`` / ``g_s``
+#: run in tiles (:mod:`gainedvae.tiling`) needs one tile's buffers, ``TILED_FIXED_BYTES``, and
+#: ``TILED_BYTES_PER_PIXEL`` per padded pixel (the 8-bit image, latents, symbols, indexes);
+#: an untiled one (``gained-scgain``, the cheng2020 models) ``DECODE_BYTES_PER_PIXEL``.
 DECODE_BYTES_PER_PIXEL = 250
+TILED_FIXED_BYTES = 600_000_000
+TILED_BYTES_PER_PIXEL = 16
 #: Largest ``.gvae`` file :func:`read_container` reads (larger files, and
 #: anything that is not a regular file, are refused before reading).
 MAX_FILE_BYTES = 1 << 28
@@ -99,9 +107,15 @@ def padded_pixels(height: int, width: int, factor: int = PAD_FACTOR) -> int:
     return padded_size(height, factor) * padded_size(width, factor)
 
 
-def decode_memory_bytes(height: int, width: int) -> int:
-    """About how many bytes decoding a ``height x width`` image needs."""
-    return DECODE_BYTES_PER_PIXEL * padded_pixels(height, width)
+def decode_memory_bytes(height: int, width: int, tiled: bool = True) -> int:
+    """About how many bytes decoding a ``height x width`` image needs beyond the loaded model:
+
+    ``min(250 P, 6e8 + 16 P)`` bytes for ``P`` padded pixels with a tiled model (an image
+    smaller than one tile costs what it costs untiled), ``250 P`` with an untiled one.
+    """
+    pixels = padded_pixels(height, width)
+    untiled = DECODE_BYTES_PER_PIXEL * pixels
+    return min(untiled, TILED_FIXED_BYTES + TILED_BYTES_PER_PIXEL * pixels) if tiled else untiled
 
 
 def gigabytes(nbytes: float) -> str:
@@ -109,15 +123,16 @@ def gigabytes(nbytes: float) -> str:
     return f"{nbytes / 1e9:.1f} GB"
 
 
-def check_pixels(height: int, width: int, max_pixels: Optional[int], what: str) -> None:
-    """:class:`CodecError` when the padded ``height x width`` exceeds ``max_pixels`` (None: no limit)."""
+def check_pixels(height: int, width: int, max_pixels: Optional[int], what: str, tiled: bool = True) -> None:
+    """:class:`CodecError` when the padded ``height x width`` exceeds ``max_pixels`` (None: no limit);
+    the message gives the memory decoding it needs (``tiled``: with a tiled model, as the shipped one)."""
     if max_pixels is None:
         return
     padded = padded_pixels(height, width)
     if padded > max_pixels:
         raise CodecError(
             f"{what} is {height}x{width} pixels ({padded} when padded to multiples of {PAD_FACTOR}), more than "
-            f"max_pixels={max_pixels}; coding it needs about {gigabytes(decode_memory_bytes(height, width))} "
+            f"max_pixels={max_pixels}; decoding it needs about {gigabytes(decode_memory_bytes(height, width, tiled))} "
             "(raise the limit with max_pixels= / --max-pixels if this machine has the memory)"
         )
 

@@ -115,12 +115,43 @@ def test_pixel_limit_applies_to_the_padded_size():
     """Reported: the limit was applied to H x W before padding to 64."""
     net = tiny_model()
     c = Container.from_bytes(codec.encode(net, np.zeros((8, 8, 3), np.uint8), 2))
-    big = dataclasses.replace(c, height=4100, width=4090, nbytes=0).to_bytes()  # 16.77 M, padded 17.04 M
-    assert 4100 * 4090 <= codec.DEFAULT_MAX_PIXELS < codec.padded_pixels(4100, 4090)
-    with pytest.raises(CodecError, match=r"4100x4090 pixels \(17039360 when padded.*max_pixels=16777216.*needs about 4\.3 GB"):
+    big = dataclasses.replace(c, height=8200, width=8180, nbytes=0).to_bytes()  # 67.08 M, padded 67.63 M
+    assert 8200 * 8180 <= codec.DEFAULT_MAX_PIXELS == 1 << 26 < codec.padded_pixels(8200, 8180)
+    # a tiled model: 6e8 + 16 x 67.63 M bytes
+    with pytest.raises(CodecError, match=r"8200x8180 pixels \(67633152 when padded.*max_pixels=67108864.*needs about 1\.7 GB"):
         codec.decode(net, big)
     with pytest.raises(CodecError, match="max_pixels=1000"):
         codec.decode(net, dataclasses.replace(c, height=64, width=64, nbytes=0).to_bytes(), max_pixels=1000)
+
+
+def test_a_24_megapixel_photo_is_within_the_default_limits():
+    assert codec.padded_pixels(4000, 6000) <= codec.DEFAULT_MAX_PIXELS
+    assert codec.decode_memory_bytes(4000, 6000) < 1.0e9  # tiled (the shipped model): measured +0.5 GB
+
+
+def test_decode_memory_estimate_follows_the_tiling():
+    """Tiled models: one tile's buffers plus a few bytes per pixel, never more than untiled;
+    untiled models (scgain, cheng2020): 250 bytes per padded pixel."""
+    from gainedvae.container import DECODE_BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL, TILED_FIXED_BYTES
+
+    for h, w in ((64, 64), (768, 512), (2160, 3840), (4000, 6000)):
+        p = codec.padded_pixels(h, w)
+        assert codec.decode_memory_bytes(h, w, tiled=False) == DECODE_BYTES_PER_PIXEL * p
+        assert codec.decode_memory_bytes(h, w) == min(DECODE_BYTES_PER_PIXEL * p, TILED_FIXED_BYTES + TILED_BYTES_PER_PIXEL * p)
+    assert codec.decode_memory_bytes(768, 512) == codec.decode_memory_bytes(768, 512, tiled=False)  # one tile
+    assert codec.decode_memory_bytes(4000, 6000) < codec.decode_memory_bytes(4000, 6000, tiled=False) / 6
+    # the codec asks the model: a tiled tiny model is refused at the tiled estimate, an untiled one at 250 B/px
+    tiled_net, untiled_net = tiny_model(), tiny_model("gained-scgain")
+    assert tiled_net.synthesis_tiling is not None and untiled_net.synthesis_tiling is None
+    have = codec.decode_memory_bytes(4000, 6000) + 1
+    for net, refused in ((tiled_net, False), (untiled_net, True)):
+        c = Container.from_bytes(codec.encode(net, np.zeros((8, 8, 3), np.uint8), 2))
+        big = dataclasses.replace(c, height=4000, width=6000, nbytes=0).to_bytes()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(codec, "available_memory_bytes", lambda: have)
+            with pytest.raises(CodecError) as err:
+                codec.decode(net, big)
+        assert ("not enough memory" in str(err.value)) == refused, str(err.value)
 
 
 def test_memory_errors_are_reported_as_such(monkeypatch):
@@ -187,7 +218,7 @@ def test_load_image_checks_the_header_size_before_decoding(tmp_path, monkeypatch
     _png_header_only(bomb, 9000, 9000)
     loads = []
     monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(1))
-    with pytest.raises(CodecError, match=r"bomb.png is 9000x9000 pixels .*max_pixels=16777216"):
+    with pytest.raises(CodecError, match=r"bomb.png is 9000x9000 pixels .*max_pixels=67108864"):
         codec.load_image(bomb)
     assert not loads
     with pytest.raises(CodecError, match="max_pixels=100"):
