@@ -54,6 +54,7 @@ from .container import (  # re-exported: the codec's public names
     MAGIC,
     MAX_DIM,
     MAX_FILE_BYTES,
+    NON_FINITE,
     PAD_FACTOR,
     CodecError,
     Container,
@@ -321,8 +322,9 @@ def _decompressed(net: nn.Module, data: Union[bytes, Container], max_pixels: Opt
     q = _check_quality(net, c.quality, source="file quality")
     if len(c.streams) != 2:
         raise CodecError(f"{name} files have 2 streams (y, z), this one has {len(c.streams)}")
-    check_pixels(c.height, c.width, max_pixels, "the file's image", _tiled(net))
-    check_memory(c.height, c.width, _tiled(net))
+    tiled = _tiled(net)
+    check_pixels(c.height, c.width, max_pixels, "the file's image", tiled)
+    check_memory(c.height, c.width, tiled)
     guard_entropy_coders(net)
     y_stream, z_stream = c.streams
     try:
@@ -331,10 +333,10 @@ def _decompressed(net: nn.Module, data: Union[bytes, Container], max_pixels: Opt
     except CodecError:
         raise
     except MemoryError:
-        raise _memory_error(c.height, c.width, _tiled(net)) from None
+        raise _memory_error(c.height, c.width, tiled) from None
     except (RuntimeError, ValueError, OverflowError, IndexError, TypeError) as err:
         if _is_allocation_failure(err):
-            raise _memory_error(c.height, c.width, _tiled(net)) from None
+            raise _memory_error(c.height, c.width, tiled) from None
         raise CodecError(f"corrupt payload: decoding failed ({type(err).__name__}: {err})") from None
 
 
@@ -356,7 +358,7 @@ def decode(net: nn.Module, data: Union[bytes, Container], max_pixels: Optional[i
     if x_hat.shape != (1, 3, c.height, c.width):
         raise CodecError(f"corrupt payload: decoded shape {tuple(x_hat.shape)}")
     if not torch.isfinite(x_hat).all():
-        raise CodecError("corrupt payload: the streams decode to non-finite values")
+        raise CodecError(NON_FINITE)
     return x_hat
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "MAGIC",
     "MAX_DIM",
     "MAX_FILE_BYTES",
+    "NON_FINITE",
     "PAD_FACTOR",
     "check_pixels",
     "decode_memory_bytes",
@@ -82,6 +83,10 @@ _CRC = struct.Struct(">I")
 
 class CodecError(ValueError):
     """An image or ``.gvae`` file that cannot be coded or decoded."""
+
+
+#: The message of a payload whose streams decode to NaN (``codec.decode``, ``decode_image``).
+NON_FINITE = "corrupt payload: the streams decode to non-finite values"
 
 
 # ---------------------------------------------------------------------------

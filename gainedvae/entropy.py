@@ -79,7 +79,7 @@ from compressai.entropy_models import GaussianConditional, GaussianMixtureCondit
 from torch import Tensor, nn
 
 from .exact import exact_log_spaced
-from .rans import MAX_SYMBOL, decode_symbols, encode_symbols, rans_decoder
+from .rans import MAX_SYMBOL, chunks, decode_symbols, encode_symbols, rans_decoder
 
 __all__ = [
     "CONDITIONALS",
@@ -458,8 +458,7 @@ class GMMConditional(GaussianMixtureConditional):
         return max(1, min(peak, self.window_cap))
 
     def _chunks(self, n: int, window: int):
-        step = max(1, self.chunk_entries // (2 * window + 3))
-        return [(a, min(n, a + step)) for a in range(0, n, step)]
+        return chunks(n, max(1, self.chunk_entries // (2 * window + 3)))
 
     def encode_elements(self, encoder, symbols: Tensor, params, centres: Tensor, window: int) -> None:
         """Queue the ``symbols`` (``round(y) - centre + window``, shape ``(n,)``) of ``n``

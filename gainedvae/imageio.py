@@ -145,6 +145,12 @@ def image_to_tensor(image: ImageLike) -> Tensor:
     raise CodecError(f"expected an image array or tensor, got {type(image).__name__}")
 
 
+def float_to_uint8(x: Tensor) -> Tensor:
+    """The one float -> 8-bit rule: ``round(255 * clamp(x, 0, 1))`` as ``uint8``, same shape
+    (NaN stays NaN through the clamp: callers that can get one check first)."""
+    return x.float().clamp(0, 1).mul_(255).round_().to(torch.uint8)
+
+
 def tensor_to_image(x: Tensor) -> np.ndarray:
     """Float ``(1, 3, H, W)`` / ``(3, H, W)`` in [0, 1] -> ``uint8`` ``(H, W, 3)`` (rounded)."""
     if x.dim() == 4:
@@ -157,7 +163,7 @@ def tensor_to_image(x: Tensor) -> np.ndarray:
     out = torch.empty(x.shape[1], x.shape[2], 3, dtype=torch.uint8)
     rows = max(1, (1 << 22) // max(1, x.shape[2]))  # ~4 M values per chunk: no full-size float temporaries
     for r in range(0, x.shape[1], rows):
-        out[r : r + rows] = x[:, r : r + rows].float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu()
+        out[r : r + rows] = float_to_uint8(x[:, r : r + rows]).permute(1, 2, 0).cpu()
     return out.numpy()
 
 

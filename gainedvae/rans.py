@@ -350,8 +350,9 @@ def rans_decoder(stream: bytes, n_symbols: int) -> RansDecoder:
     the entropy models' own ``decode_with_indexes``.
     """
     _check_bytes(stream)
+    data = bytes(stream)
     decoder = RansDecoder()
-    decoder.set_stream(bytes(stream) + bytes(rans_padding(bytes(stream), n_symbols)))
+    decoder.set_stream(data + bytes(rans_padding(data, n_symbols)))
     return decoder
 
 

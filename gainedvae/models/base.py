@@ -15,8 +15,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..container import CodecError, padded_size
+from ..container import NON_FINITE, CodecError, padded_size
 from ..gain import LatentGains, QualityLike
+from ..imageio import float_to_uint8
 from ..tiling import Tiling, tiled
 from .rate import RateModel
 
@@ -27,14 +28,13 @@ def to_float_image(x: Tensor) -> Tensor:
 
 
 def to_8bit(x: Tensor) -> Tensor:
-    """A float image as ``uint8``: ``round(255 * clamp(x, 0, 1))``, the rule of
-    :func:`gainedvae.imageio.tensor_to_image` on :meth:`GainedModel.decompress`'s image.
+    """A float image as ``uint8`` (:func:`gainedvae.imageio.float_to_uint8`, the rule of
+    :func:`~gainedvae.imageio.tensor_to_image`) on :meth:`GainedModel.decompress`'s image.
     A NaN (a corrupt stream) has no 8-bit value: :class:`CodecError`, with the message of
     :func:`gainedvae.codec.decode`'s check."""
-    x = x.clamp(0, 1)
-    if not torch.isfinite(x).all():
-        raise CodecError("corrupt payload: the streams decode to non-finite values")
-    return x.mul_(255).round_().to(torch.uint8)
+    if torch.isnan(x).any():  # what is left non-finite after the clamp
+        raise CodecError(NON_FINITE)
+    return float_to_uint8(x)
 
 
 class GainedModel(RateModel, ABC):
