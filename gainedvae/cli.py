@@ -8,6 +8,7 @@
     gainedvae decompress IN.gvae [IN.gvae ...] -o DIR/ [options as above]
     gainedvae info IN.gvae
     gainedvae export TRAINING_CKPT -o MODEL.pt [--float32] [--weights ema|raw] [--force]
+    gainedvae widen CKPT -M 192 -o WIDE.pt [--seed S] [--weights ema|raw] [--force]
 
 Every failure prints one line ``gainedvae: error: ...`` to stderr and exits
 with status 2; outputs are written atomically and an existing output is only
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{compress,decompress,info,export}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{compress,decompress,info,export,widen}", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("compress", help="code images into .gvae files")
@@ -94,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint written by train_gain.py or save_checkpoint")
     p.add_argument("-o", "--output", required=True, help="output .pt file")
     p.add_argument("--float32", action="store_true", help="keep float32 weights")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="ema: the moving average of the weights where the checkpoint has one (default); raw: the raw weights")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+
+    p = sub.add_parser("widen", help="the checkpoint's model with more latent channels (M), same reconstruction: "
+                                     "a start for train_gain.py --init (gainedvae.widen)")
+    p.add_argument("checkpoint", help="checkpoint of a hyperprior model (bmshj2018-hyperprior, mbt2018-mean or their gained variants)")
+    p.add_argument("-M", type=int, required=True, help="latent channels of the widened model (at least the model's M)")
+    p.add_argument("-o", "--output", required=True, help="output .pt file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new channels' initial weights (default 0)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema",
                    help="ema: the moving average of the weights where the checkpoint has one (default); raw: the raw weights")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
@@ -335,7 +346,21 @@ def _cmd_export(args) -> str:
             f"{out.stat().st_size / 2**20:.2f} MiB, step {payload.get('step', '?')}, {payload['weights']} weights")
 
 
-COMMANDS = {"compress": _cmd_compress, "decompress": _cmd_decompress, "info": _cmd_info, "export": _cmd_export}
+def _cmd_widen(args) -> str:
+    from .checkpoint import read_checkpoint
+    from .widen import widen_checkpoint
+
+    out = _check_output(args.output, args.force, [args.checkpoint])
+    try:
+        widen_checkpoint(args.checkpoint, out, args.M, seed=args.seed, weights=args.weights)
+    except ValueError as err:
+        raise CLIError(f"{args.checkpoint}: {err}") from None
+    payload = read_checkpoint(out)
+    return f"{out}: {payload['model']} {payload['config']} (M {payload['widened_from']['M']} -> {args.M}, step {payload['widened_from']['step']})"
+
+
+COMMANDS = {"compress": _cmd_compress, "decompress": _cmd_decompress, "info": _cmd_info, "export": _cmd_export,
+            "widen": _cmd_widen}
 
 
 def _error_text(err: BaseException) -> str:

@@ -23,8 +23,8 @@ LAYERS = {
     "container": 0, "atomic": 0, "gain": 0, "exact": 0, "tiling": 0, "qmap": 0, "metrics": 0, "bd": 0, "ema": 0,
     # 1: rANS guards, image I/O, the rate-control search
     "rans": 1, "imageio": 1, "ratecontrol": 1,
-    # 2: entropy models; 3: models; 4: checkpoints; 5: the codec
-    "entropy": 2, "models": 3, "checkpoint": 4, "codec": 5,
+    # 2: entropy models; 3: models; 4: checkpoints; 5: the codec, widening a trained model
+    "entropy": 2, "models": 3, "checkpoint": 4, "codec": 5, "widen": 5,
     # 6-8: training data, training, evaluation and reports; 9: the command line
     "data": 6, "train": 7, "evaluate": 7, "report": 7, "plot": 7, "evaluate_scgain": 8,
     "cli": 9, "__main__": 10, "__init__": 0,

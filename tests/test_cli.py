@@ -508,3 +508,19 @@ def test_public_api_is_imported_on_first_use():
     assert namespace["MODELS"] is gainedvae.MODELS and namespace["load_checkpoint"] is gainedvae.checkpoint.load_checkpoint
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         gainedvae.nope
+
+
+def test_widen_writes_a_wider_model_and_refuses_with_one_line(files, tmp_path, capsys):
+    out = tmp_path / "wide.pt"
+    rc, text, _ = run(capsys, "widen", files / "tiny.pt", "-M", "24", "-o", out)
+    assert rc == 0 and "M 16 -> 24" in text
+    wide = gainedvae.load_checkpoint(out)
+    assert wide.M == 24 and wide.lambdas == LAMBDAS
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = gainedvae.load_checkpoint(files / "tiny.pt")(x, level=3)["x_hat"]
+        torch.testing.assert_close(wide(x, level=3)["x_hat"], ref, rtol=0, atol=1e-5)
+    assert_one_line_error(*run(capsys, "widen", files / "tiny.pt", "-M", "24", "-o", out), match="exists")
+    assert_one_line_error(*run(capsys, "widen", files / "tiny.pt", "-M", "8", "-o", tmp_path / "n.pt"),
+                          match="only be widened: the model has M=16, asked for M=8")
+    assert not (tmp_path / "n.pt").exists()
