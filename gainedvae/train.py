@@ -490,7 +490,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             net.load_backbone_state_dict(state)
             ref = payload.get("config", {}).get("lambdas", [None])
             if is_gained(net) and len(ref) == 1 and ref[0]:
-                net.gain.init_from_lambdas(lambdas, ref[0])
+                # the start's lambda is on its metric's scale: for another metric (an MSE start of an
+                # MS-SSIM model) the top level starts as the start and the others keep their ratios
+                start_metric = (payload.get("train_config") or {}).get("metric", "mse")
+                net.gain.init_from_lambdas(lambdas, ref[0] if start_metric == cfg.metric else max(lambdas))
         else:
             net.load_state_dict(state)
     return net

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The long CPU campaign of issue 16 (see results/README.md, "The long campaign").
-# Resumable: run it again after any interruption; it continues from the latest checkpoint.
-#   results/campaign.sh wide                     # the shared start, M=192 stage (background: nohup ... &)
-#   THREADS=1 results/campaign.sh wide           # 1 thread: far steadier when other work shares the cores
-#   results/campaign.sh pretrain                 # its first stage (M=96, steps 0-64,000: done, kept for the record)
-#
-# Where the state comes from, in order:
-#   1. $RUNS/pretrain-200k/ckpt-*.pt             (this machine's run: exact --resume)
-#   2. results/campaign/pretrain-latest.pt       (the committed weights-only snapshot of this run, see
-#      results/README.md: --init, new optimiser state, 500-step warm-up)
-#   3. ../shared/checkpoints/pretrain-200k/       (the hand-over at step 11,000: copied, then exact --resume)
+# The long CPU campaign of issues 16 and 21 (see results/README.md, "The long campaign").
+# Resumable: run it again after any interruption; every stage continues from its latest checkpoint,
+# finished fine-tunes (a DONE file in their folder) are skipped.
+#   THREADS=1 results/campaign.sh wide                    # the shared start, stage 2 (M=192); background: nohup ... &
+#   STAGE=m192 FROM=4000 THREADS=1 results/campaign.sh gained   # a gained fine-tune of stage 2's step 4,000
+#   FROM=36000 THREADS=1 results/campaign.sh singles      # issue 21: the single-rate set from stage 2's step 36,000
+#   results/campaign.sh pretrain                          # stage 1 (M=96, steps 0-64,000: done, kept for the record)
+# THREADS=1: one torch thread per lane, far steadier when other work shares the cores (two lanes on 2 cores).
+# The whole script is one block that ends in `exit`: bash reads it completely before running it, so
+# editing this file cannot change a lane that is already running.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,12 +20,19 @@ TRAIN_DATA="$DATA/bsds500/train $DATA/bsds500/val $DATA/bsds500/test $DATA/sun_h
 COMMON="-N 64 -M 96 --batch-size 8 --patch-size 128 --downscale-jpeg --val-size 256 --val-max-images 16 \
         --val-every 2000 --save-every 1000 --keep 2 --log-every 100 --seed 0 --no-progress --compile on \
         --threads ${THREADS:-0} --ema-decay 0.999"
+# CompressAI's eight lambdas (MSE; MS-SSIM: its MS-SSIM scale)
+LAMBDAS_MSE="0.0018 0.0035 0.0067 0.0130 0.0250 0.0483 0.0932 0.18"
+LAMBDAS_MSSSIM="2.40,4.58,8.73,16.64,31.73,60.50,115.37,220.00"
 
+# Stage 1 of the shared start (M=96, steps 0-64,000; stopped at its floor, see results/README.md).
+# Where the state comes from, in order: $RUNS/pretrain-200k/ckpt-*.pt (exact --resume); the committed
+# snapshot results/campaign/pretrain-m96-64k.pt (--init, new optimiser, 500-step warm-up);
+# ../shared/checkpoints/pretrain-200k/ (the hand-over at step 11,000: copied, then exact --resume).
 pretrain() {
   local dir="$RUNS/pretrain-200k" snapshot=results/campaign/pretrain-m96-64k.pt
   local start="--resume"
   if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
-    if [ -f "$snapshot" ]; then  # always further than the hand-over: it was taken from this run
+    if [ -f "$snapshot" ]; then
       start="--init $snapshot --warmup-steps 500"
       echo "== no checkpoint in $dir: restarting from the committed snapshot ($start)"
     elif [ -d ../shared/checkpoints/pretrain-200k ]; then
@@ -37,14 +44,14 @@ pretrain() {
       --steps 200000 --lr 1e-3 --milestones 0.9 --save-dir "$dir" $start
 }
 
-# The shared start's second stage (issue 16): at step 64,000 the M=96 latent had reached its floor (its
-# transforms reconstruct Kodak at 33.2 dB without any quantisation, block PCA with 96 components 32.0 dB:
+# Stage 2 of the shared start: at step 64,000 the M=96 latent had reached its floor (its transforms
+# reconstruct Kodak at 33.2 dB without any quantisation, block PCA with 96 components 32.0 dB:
 # results/latent_floor.py), so the step-64,000 EMA weights were widened to M=192 with the same
 # reconstruction (`gainedvae widen`, gainedvae/widen.py) and training goes on from there: fresh Adam,
 # 500-step warm-up, lr 1e-3 constant (x0.1 at 90 % of a 100,000-step cap). Step numbers restart at 0
 # (shared-start step = 64,000 + this stage's step). Where the state comes from, in order:
 #   1. $RUNS/pretrain-m192/ckpt-*.pt                      (exact --resume)
-#   2. results/campaign/pretrain-latest.pt                (committed M=192 snapshot: --init, warm-up)
+#   2. results/campaign/pretrain-latest.pt                (committed stage-2 snapshot: --init, warm-up)
 #   3. $RUNS/pretrain-m192/start.pt                       (the widened start)
 #   4. results/campaign/pretrain-m96-64k.pt, widened      (the committed step-64,000 EMA of stage 1)
 wide() {
@@ -63,22 +70,60 @@ wide() {
       --steps 100000 --lr 1e-3 --milestones 0.9 --save-dir "$dir" $start
 }
 
-# The gained fine-tune (issue 16, section 2) from the shared start's weights at step $FROM (its EMA,
-# through --init), the protocol's fine-tune schedule (results/protocol.sh: lr 5e-4, 500-step warm-up,
-# x0.1 at 70 % and 90 %) over $GAINED_STEPS steps. Resumable like the shared start:
-#   FROM=48000 THREADS=1 nohup results/campaign.sh gained >> runs/protocol/gained.out 2>&1 &
-gained() {
-  local from=${FROM:?set FROM to the step of the shared start to fine-tune from}
-  local dir="$RUNS/gained-from-$((from / 1000))k" src
-  src="$RUNS/pretrain-200k/$(printf ckpt-%07d.pt "$from")"
-  local start="--resume"
+# finetune NAME SOURCE ARGS...: the protocol's fine-tune schedule (results/protocol.sh: lr 5e-4,
+# 500-step warm-up, x0.1 at 70 % and 90 %) over ${STEPS:-15000} steps into $RUNS/NAME, from the
+# weights of SOURCE (its EMA, through --init; copied to NAME/start.pt first: --keep rotates the
+# source away). Resumable; a DONE file marks it finished (results/training_curves.py reads it).
+finetune() {
+  local name=$1 src=$2; shift 2
+  local dir="$RUNS/$name" start="--resume"
+  if [ -f "$dir/DONE" ]; then echo "== $name: done"; return; fi
   if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
-    mkdir -p "$dir"; [ -f "$dir/start.pt" ] || cp "$src" "$dir/start.pt"  # a copy: --keep rotates the source away
+    mkdir -p "$dir"; [ -f "$dir/start.pt" ] || cp "$src" "$dir/start.pt"
     start="--init $dir/start.pt"
   fi
-  echo "== gained from step $from: $(date -u +%FT%TZ) $start"
-  nice -n 2 $PY train_gain.py -d $TRAIN_DATA $COMMON -m gained-mbt2018-mean \
-      --steps ${GAINED_STEPS:-15000} --lr 5e-4 --warmup-steps 500 --milestones 0.7,0.9 --save-dir "$dir" $start
+  echo "== $name: $(date -u +%FT%TZ) $start"
+  nice -n 2 $PY train_gain.py -d $TRAIN_DATA $COMMON "$@" \
+      --steps ${STEPS:-15000} --lr 5e-4 --warmup-steps 500 --milestones 0.7,0.9 --save-dir "$dir" $start
+  touch "$dir/DONE"
+  echo "== $name: $(date -u +%FT%TZ) done"
 }
 
-for s in "${@:-pretrain}"; do $s; done
+from_step() { echo "${FROM:?set FROM to the step of the shared start to fine-tune from}"; }
+stage2() { printf "$RUNS/pretrain-m192/ckpt-%07d.pt" "$(from_step)"; }   # stage 2's checkpoint at step $FROM
+tag() { echo "m192-from-$(($(from_step) / 1000))k"; }
+
+# The gained fine-tune (issue 16, section 2). STAGE=m96 (default): stage 1's step $FROM;
+# STAGE=m192: stage 2's step $FROM (its own step count).
+#   FROM=48000 THREADS=1 nohup results/campaign.sh gained >> runs/protocol/gained.out 2>&1 &
+#   STAGE=m192 FROM=4000 THREADS=1 nohup results/campaign.sh gained >> runs/protocol/gained-m192.out 2>&1 &
+gained() {
+  case "${STAGE:-m96}" in
+    m96) finetune "gained-from-$(($(from_step) / 1000))k" "$(printf "$RUNS/pretrain-200k/ckpt-%07d.pt" "$(from_step)")" \
+             -m gained-mbt2018-mean ;;
+    m192) finetune "gained-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean ;;
+    *) echo "STAGE must be m96 or m192, got $STAGE" >&2; return 2 ;;
+  esac
+}
+
+# Issue 21, from stage 2's step $FROM, the gained model's recipe (same data, patch, batch, schedule, steps):
+# the eight single-rate models, CompressAI's VBR model (its stage 2; stage 1 = the shared start),
+# the checkerboard context model (context layers from scratch) and an MS-SSIM gained model
+# (MS-SSIM's 5 scales need patches >= 161: 256x256 x 2, the same pixels per step).
+single() { finetune "single-$1-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean --lambda "$1"; }
+singles() { local l; for l in $LAMBDAS_MSE; do single "$l"; done; }
+vbr() { finetune "vbr-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean-vbr; }
+checkerboard() { finetune "checkerboard-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-checkerboard; }
+msssim() {
+  finetune "msssim-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean --metric ms-ssim --lambdas "$LAMBDAS_MSSSIM" \
+      --patch-size 256 --batch-size 2
+}
+# gained-scgain, fine-tuned from a finished gained model: GAINED=<its checkpoint>
+scgain() {
+  local src=${GAINED:?set GAINED to the gained checkpoint to fine-tune the spatial-gain model from}
+  finetune "scgain-$(basename "$(dirname "$src")")" "$src" -M 192 -m gained-scgain
+}
+
+for s in "${@:-wide}"; do $s; done
+exit
+}

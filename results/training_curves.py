@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ HERE = Path(__file__).resolve().parent
 from gainedvae.checkpoint import atomic_save, atomic_write_bytes
 
 LOGS = ("val_log.jsonl", "train_log.jsonl")
+#: Step of the shared start's stage 1 at which its latent was widened to M=192 (results/campaign.sh).
+WIDENED_AT = 64000
 
 
 def read_jsonl(path: Path) -> list:
@@ -49,6 +52,43 @@ def collect(src: Path, dst: Path) -> None:
         if (run / "DONE").is_file():
             (dst / run.name / "DONE").touch()
         print(f"collected {run.name}")
+
+
+def campaign_offset(name: str):
+    """Where a run of the long campaign (issues 16, 21) starts on the shared start's step axis; None for
+    the protocol's runs. Stage 1 of the shared start (``pretrain-200k``, M=96) runs from 0; stage 2
+    (``pretrain-m192``) continues from its step 64,000 widened to M=192 with its own step count;
+    ``gained-from-<X>k`` fine-tunes stage 1's step X,000, ``<run>-m192-from-<X>k`` stage 2's
+    (``scgain-...`` a finished 15,000-step gained fine-tune of it)."""
+    if name == "pretrain-200k":
+        return 0
+    if name == "pretrain-m192":
+        return WIDENED_AT
+    match = re.fullmatch(r"gained-from-(\d+)k", name)
+    if match:
+        return 1000 * int(match.group(1))
+    match = re.search(r"m192-from-(\d+)k$", name)
+    if match:
+        return WIDENED_AT + 1000 * int(match.group(1)) + (15000 if name.startswith("scgain-") else 0)
+    return None
+
+
+def rise_last_tenth(val: list) -> float:
+    """Largest rise of validation PSNR (dB, over the levels) over the run's last 10 % of steps: the last
+    validation against the PSNR linearly interpolated at 90 % of its step."""
+    last = val[-1]["step"]
+    at = 0.9 * last
+    rises = []
+    for level in sorted({r.get("level", 0) for r in val}):
+        pts = sorted((r["step"], r["psnr"]) for r in val if r.get("level", 0) == level)
+        before = [p for p in pts if p[0] <= at]
+        after = [p for p in pts if p[0] >= at]
+        if not before or not after:
+            continue
+        (s0, p0), (s1, p1) = before[-1], after[0]
+        ref = p0 if s1 == s0 else p0 + (p1 - p0) * (at - s0) / (s1 - s0)
+        rises.append(pts[-1][1] - ref)
+    return max(rises) if rises else float("nan")
 
 
 def run_order(name: str):
@@ -81,19 +121,24 @@ def budget_rows(logs: Path) -> list:
             "step_hours": seconds / 3600,
             "val_step": last[0]["step"] if last else None,
             "val": [(r.get("level", 0), r["bpp"], r["psnr"]) for r in last],
+            "rise": rise_last_tenth(val) if val else float("nan"),
         })
     return rows
 
 
 def budget_markdown(rows: list) -> str:
     lines = [
-        "| run | steps | finished | training-step hours | last validation (bpp / PSNR dB per level) |",
-        "|---|---|---|---|---|",
+        "| run | steps | finished | training-step hours | PSNR rise over the last 10 % of steps (dB, max over levels) "
+        "| last validation (bpp / PSNR dB per level) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         val = ", ".join(f"{b:.3f} / {p:.2f}" for _, b, p in r["val"])
+        if r["val_step"] is None:
+            lines.append(f"| {r['run']} | {r['steps']} | {'yes' if r['finished'] else 'no'} | {r['step_hours']:.2f} | - | no validation yet |")
+            continue
         lines.append(f"| {r['run']} | {r['steps']} | {'yes' if r['finished'] else 'no'} | "
-                     f"{r['step_hours']:.2f} | step {r['val_step']}: {val} |")
+                     f"{r['step_hours']:.2f} | {r['rise']:+.2f} | step {r['val_step']}: {val} |")
     return "\n".join(lines) + "\n"
 
 
@@ -102,24 +147,31 @@ def plot(logs: Path, out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(13, 5))  # Agg canvas, no pyplot: the process's backend is left alone
+    fig = Figure(figsize=(13, 9.5))  # Agg canvas, no pyplot: the process's backend is left alone
     FigureCanvasAgg(fig)
-    ax_psnr, ax_bpp = fig.subplots(1, 2)
+    (ax_psnr, ax_bpp), (ax_cpsnr, ax_cbpp) = fig.subplots(2, 2)
     runs = sorted((p for p in logs.iterdir() if p.is_dir()), key=lambda p: run_order(p.name))
     cmap = matplotlib.colormaps["viridis"]
     for run in runs:
         val = read_jsonl(run / "val_log.jsonl")
         if not val:
             continue
+        offset = campaign_offset(run.name)
+        axes = (ax_psnr, ax_bpp) if offset is None else (ax_cpsnr, ax_cbpp)
         levels = sorted({r.get("level", 0) for r in val})
         for level in levels:
             pts = [r for r in val if r.get("level", 0) == level]
-            steps = [r["step"] for r in pts]
+            steps = [r["step"] + (offset or 0) for r in pts]
             if run.name == "pretrain":
                 style = dict(color="black", ls=":", label="shared start (single-rate, lambda 0.18)")
-            elif len(levels) > 1:  # a variable-rate model: one dashed/solid line per level
+            elif offset is not None and len(levels) == 1:
+                style = dict(color="black", ls="-" if "m192" in run.name else ":", lw=1.5,
+                             label=f"{run.name} (shared start, lambda 0.18)")
+            elif len(levels) > 1:  # a variable-rate model: one line per level
                 color = cmap(level / max(1, len(levels) - 1))
-                ls = "-" if run.name == "gained" else "--" if run.name == "vbr" else "-."
+                ls = "--" if run.name == "vbr" else "-." if offset is None and run.name != "gained" else "-"
+                if offset is not None and "m192" not in run.name:
+                    ls = ":"
                 style = dict(color=color, ls=ls, lw=1,
                              label=f"{run.name} (all levels)" if level == levels[-1] else None)
             else:
@@ -127,15 +179,21 @@ def plot(logs: Path, out: Path) -> None:
                              and run == next(r for r in runs if r.name.startswith("single")) else None)
                 if not run.name.startswith("single"):
                     style.update(color="tab:gray", label=run.name)
-            ax_psnr.plot(steps, [r["psnr"] for r in pts], **style)
-            ax_bpp.plot(steps, [r["bpp"] for r in pts], **{k: v for k, v in style.items() if k != "label"})
-    ax_psnr.set(xlabel="step", ylabel="validation PSNR (dB)", title="validation PSNR per level (16 held-out crops)")
-    ax_bpp.set(xlabel="step", ylabel="validation bpp (estimated)", title="validation rate per level", yscale="log")
-    for ax in (ax_psnr, ax_bpp):
+            axes[0].plot(steps, [r["psnr"] for r in pts], **style)
+            axes[1].plot(steps, [r["bpp"] for r in pts], **{k: v for k, v in style.items() if k != "label"})
+    ax_psnr.set(xlabel="step", ylabel="validation PSNR (dB)", title="protocol: validation PSNR per level (16 held-out crops)")
+    ax_bpp.set(xlabel="step", ylabel="validation bpp (estimated)", title="protocol: validation rate per level", yscale="log")
+    ax_cpsnr.set(xlabel="shared-start step (+ fine-tune step)", ylabel="validation PSNR (dB)",
+                 title=f"campaign (issue 16): M=96 dotted, widened to M=192 at {WIDENED_AT:,} solid")
+    ax_cbpp.set(xlabel="shared-start step (+ fine-tune step)", ylabel="validation bpp (estimated)",
+                title="campaign: validation rate per level", yscale="log")
+    for ax in (ax_psnr, ax_bpp, ax_cpsnr, ax_cbpp):
         ax.grid(alpha=0.3)
-    ax_psnr.legend(fontsize=8)
-    fig.suptitle("Training curves of the CPU protocol (gained: solid per level, colour = level; "
-                 "single-rate: red; VBR peer: dashed)", fontsize=9)
+    for ax in (ax_psnr, ax_cpsnr):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Training curves (gained: one line per level, colour = level; single-rate: red; VBR peer: dashed)",
+                 fontsize=9)
     fig.tight_layout()
     atomic_save(lambda f: fig.savefig(f, format="png", dpi=110), out)
 

@@ -3,7 +3,7 @@ gained-cheng2020-attn (GMM) and the single-rate cheng2020-attn-gmm."""
 
 import pytest
 import torch
-from compressai.models import JointAutoregressiveHierarchicalPriors
+from compressai.models import JointAutoregressiveHierarchicalPriors, MeanScaleHyperprior
 
 import gainedvae
 from gainedvae.checkpoint import build_from_payload, load_checkpoint, save_checkpoint
@@ -221,3 +221,18 @@ def test_short_training_run(image_dir, tmp_path, model, extra):
             xp = pad_to_multiple(x, net.downsampling_factor)
             enc = net.compress(xp)
             assert net.decompress(enc["strings"], enc["shape"])["x_hat"].shape == xp.shape
+
+
+@pytest.mark.parametrize("cls", [GainedJointAutoregressive, GainedCheckerboard])
+def test_mean_scale_start_loads_as_the_backbone_context_layers_stay_fresh(cls):
+    torch.manual_seed(0)
+    start = MeanScaleHyperprior(16, 16)
+    net = cls(N=16, M=16, lambdas=LAMBDAS)
+    fresh = {k: v.clone() for k, v in net.state_dict().items() if k.startswith(("context_prediction.", "entropy_parameters."))}
+    net.load_backbone_state_dict(start.state_dict())
+    for key, value in start.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    assert fresh and all(torch.equal(net.state_dict()[k], v) for k, v in fresh.items())
+    with pytest.raises(KeyError, match="missing"):  # the hyper-synthesis is not optional
+        cls(N=16, M=16, lambdas=LAMBDAS).load_backbone_state_dict(
+            {k: v for k, v in start.state_dict().items() if not k.startswith("h_s.")})

@@ -6,8 +6,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import gainedvae
 from gainedvae.data import DataError, PatchDataset, StepBatchSampler, split_dataset
@@ -86,6 +88,21 @@ def test_shared_start_initialises_gains(image_dir, tmp_path):
     torch.testing.assert_close(g["g_a.0.weight"], s["ema"]["shadow"]["g_a.0.weight"])
     assert not torch.equal(g["g_a.0.weight"], s["state_dict"]["g_a.0.weight"])
     torch.testing.assert_close(g["gain.y.log_gain"][:, 0], 0.5 * torch.log(torch.tensor([0.01 / 0.05, 1.0])))
+
+
+def test_mse_start_of_an_ms_ssim_model_starts_its_top_level_as_the_start(image_dir, tmp_path):
+    """MS-SSIM lambdas are not on the MSE start's scale: the top level gets gain 1 (the start),
+    the others their ratio to it (not sqrt(lambda / 0.05) of the MSE lambda)."""
+    big = tmp_path / "big"
+    big.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):  # MS-SSIM's 5 scales need patches of at least 161 pixels
+        Image.fromarray((255 * rng.random((176, 176, 3))).astype("uint8")).save(big / f"b{i}.png")
+    single = train(cfg(image_dir, tmp_path / "s", model="mbt2018-mean", lmbda=0.05, steps=2), progress=False)
+    c = cfg(big, tmp_path / "m", steps=1, init=str(single), lr=0.0, aux_lr=0.0, metric="ms-ssim", lambdas=(4.0, 16.0),
+            patch_size=176, val_size=176, batch_size=1)
+    g = gainedvae.read_checkpoint(train(c, progress=False))["state_dict"]
+    torch.testing.assert_close(g["gain.y.log_gain"][:, 0], 0.5 * torch.log(torch.tensor([4.0 / 16.0, 1.0])))
 
 
 def test_per_sample_level_sampling(image_dir, tmp_path, monkeypatch):

@@ -68,7 +68,13 @@ class GainedContextModel(GainedModel):
     ``_y_decompress(strings, params) -> y_hat`` for the gained ``y`` and the
     hyper-synthesis output ``params`` (in eval mode ``_y_forward`` returns what
     the decoder reconstructs, see the module docstring).
+
+    A mean-scale hyperprior (``mbt2018-mean``: the same ``g_a``, ``g_s``, ``h_a``, ``h_s``) loads as
+    the backbone (:meth:`load_backbone_state_dict`, ``train_gain.py --init``): the context layers
+    keep their fresh initialisation and are trained from scratch.
     """
+
+    extra_key_prefixes = GainedModel.extra_key_prefixes + ("context_prediction.", "entropy_parameters.")
 
 
 def _as_vector_layers(seq: nn.Sequential):
