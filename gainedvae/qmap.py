@@ -48,7 +48,9 @@ __all__ = [
     "RANDOM_KINDS",
     "check_lambda_range",
     "check_qmap",
+    "ellipse_qmap",
     "gradient_qmap",
+    "half_qmap",
     "lambda_scale",
     "load_qmap",
     "prepare_qmap",
@@ -237,6 +239,47 @@ def gradient_qmap(height: int, width: int, direction: str = "horizontal", low: f
     else:
         raise ValueError(f"direction must be horizontal or vertical, got {direction!r}")
     return check_qmap(ramp.clone())
+
+
+def ellipse_qmap(height: int, width: int, factor: float = 0.5) -> Tensor:
+    """A centred ellipse region of interest: 1 inside, 0 outside, ``(1, 1, height, width)``.
+
+    Semi-axes ``factor * width / 2`` (horizontal) and ``factor * height / 2``
+    (vertical) around the image centre; a pixel is inside when its centre is
+    (boundary included). ``factor`` in ``(0, 1]``: 1 touches the borders.
+    The map is symmetric under horizontal and vertical flips.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"ellipse_qmap needs a positive size, got {height}x{width}")
+    if not (math.isfinite(factor) and 0 < factor <= 1):
+        raise ValueError(f"the ellipse factor must lie in (0, 1], got {factor!r}")
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5 - height / 2) / (factor * height / 2)
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5 - width / 2) / (factor * width / 2)
+    inside = ys[:, None] ** 2 + xs[None, :] ** 2 <= 1
+    return check_qmap(inside.float())
+
+
+def half_qmap(height: int, width: int, half: str = "upper") -> Tensor:
+    """1 in one half of the image, 0 in the other, ``(1, 1, height, width)``.
+
+    ``upper``: the top ``height // 2`` rows are 1 (an odd middle row is 0);
+    ``lower``: the bottom ``height // 2`` rows; ``left`` / ``right`` likewise
+    with ``width // 2`` columns.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"half_qmap needs a positive size, got {height}x{width}")
+    m = torch.zeros(height, width)
+    if half == "upper":
+        m[: height // 2] = 1
+    elif half == "lower":
+        m[height - height // 2:] = 1
+    elif half == "left":
+        m[:, : width // 2] = 1
+    elif half == "right":
+        m[:, width - width // 2:] = 1
+    else:
+        raise ValueError(f"half must be upper, lower, left or right, got {half!r}")
+    return check_qmap(m)
 
 
 def _uniform(g: torch.Generator) -> float:
