@@ -138,7 +138,7 @@ def budget_markdown(rows: list) -> str:
             lines.append(f"| {r['run']} | {r['steps']} | {'yes' if r['finished'] else 'no'} | {r['step_hours']:.2f} | - | no validation yet |")
             continue
         lines.append(f"| {r['run']} | {r['steps']} | {'yes' if r['finished'] else 'no'} | "
-                     f"{r['step_hours']:.2f} | {r['rise']:+.2f} | step {r['val_step']}: {val} |")
+                     f"{r['step_hours']:.2f} | {'-' if r['rise'] != r['rise'] else format(r['rise'], '+.2f')} | step {r['val_step']}: {val} |")
     return "\n".join(lines) + "\n"
 
 
