@@ -33,7 +33,7 @@ import hashlib
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -103,7 +103,7 @@ def save_checkpoint(
             raise ValueError("entropy_tables=True needs a model with updated entropy tables (call update() first)")
         for key in tables:
             base = key.rsplit(".", 1)[0]
-            for field in _TABLE_FIELDS:
+            for field in TABLE_FIELDS:
                 if f"{base}.{field}" in state:
                     state[f"{base}.{field}"] = state[f"{base}.{field}"][:0].clone()
         payload["entropy_tables"] = tables
@@ -138,7 +138,8 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     return payload
 
 
-_TABLE_FIELDS = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
+#: The entropy-table buffers of a coder (their size follows ``update()``, not the model's widths).
+TABLE_FIELDS = ("_quantized_cdf", "_cdf_length", "_offset", "scale_table")
 
 
 def pack_entropy_tables(model: nn.Module) -> Dict[str, Tensor]:
@@ -325,6 +326,16 @@ def _check_version(payload: Dict[str, Any], source: str) -> None:
         raise CheckpointError(f"{source} has checkpoint version {version}; this gainedvae reads up to {VERSION}")
 
 
+def model_from_config(name: str, config: Dict[str, Any], lambdas: Optional[Sequence[float]] = None) -> nn.Module:
+    """A fresh model ``name`` with the constructor arguments ``config`` (:func:`model_config` without
+    its ``lambdas``): a variable-rate model takes ``lambdas``, a single-rate one carries them as its
+    ``lambdas`` attribute."""
+    net = get_model(name, **config, **({"lambdas": lambdas} if lambdas and is_variable_rate(name) else {}))
+    if lambdas and not is_variable_rate(net):
+        net.lambdas = tuple(float(v) for v in lambdas)
+    return net
+
+
 def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", model: Optional[str] = None,
                        weights: str = "ema") -> nn.Module:
     """Instantiate and fill the model described by a checkpoint dict (``weights``: see
@@ -355,7 +366,7 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
             raise CheckpointError(f"{source}: cannot infer widths, key {err} missing") from None
     lambdas = config.pop("lambdas", None)
     try:
-        net = get_model(name, **config, **({"lambdas": lambdas} if lambdas and is_variable_rate(name) else {}))
+        net = model_from_config(name, config, lambdas)
     except (TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{source}: cannot build model {name!r} with {_clip(config)}: {_clip(err, 300)}") from None
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -366,8 +377,6 @@ def build_from_payload(payload: Dict[str, Any], source: str = "checkpoint", mode
             net.load_state_dict(state_dict)
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(f"{source}: weights do not fit {name!r} {_clip(config)}: {_clip(str(err).splitlines()[0], 300)}") from None
-    if lambdas and not is_variable_rate(net):
-        net.lambdas = tuple(float(v) for v in lambdas)
     tables = payload.get("entropy_tables") if payload.get("format") == FORMAT else None
     if tables:
         install_entropy_tables(net, tables, source)

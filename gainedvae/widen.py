@@ -31,15 +31,11 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import build_from_payload, read_checkpoint, save_checkpoint
-from .models import get_model, model_name
+from .checkpoint import TABLE_FIELDS, build_from_payload, model_config, model_from_config, read_checkpoint, save_checkpoint
+from .models import model_name
 
 #: Registry names :func:`widen_latent` accepts (their ``y`` is consumed by ``g_s``, ``h_a`` and the conditional only).
 WIDENABLE = ("bmshj2018-hyperprior", "mbt2018-mean", "gained-bmshj2018-hyperprior", "gained-mbt2018-mean")
-
-
-#: Entropy-coder table buffers: their size follows ``update()``, not the widths; taken as they are.
-_TABLES = ("_offset", "_quantized_cdf", "_cdf_length", "scale_table")
 
 
 def _conv_io(module: nn.Module):
@@ -74,15 +70,10 @@ def widen_latent(model: nn.Module, M: int, seed: int = 0) -> nn.Module:
         raise ValueError(f"widening the latent of {name!r} is not supported (supported: {', '.join(WIDENABLE)})")
     if M < model.M:
         raise ValueError(f"the latent can only be widened: the model has M={model.M}, asked for M={M}")
-    kwargs = {"N": model.N, "M": M}
-    if hasattr(model, "lambdas") and name.startswith("gained-"):
-        kwargs["lambdas"] = model.lambdas
-    if getattr(model, "config_extra", None):
-        kwargs.update(model.config_extra())
+    config = model_config(model)
+    lambdas = config.pop("lambdas", None)
     torch.manual_seed(seed)
-    wide = get_model(name, **kwargs)
-    if not name.startswith("gained-") and hasattr(model, "lambdas"):
-        wide.lambdas = model.lambdas
+    wide = model_from_config(name, {**config, "M": M}, lambdas)
     last_hs = max(i for i, m in enumerate(model.h_s) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
     out_dim, _ = _conv_io(model.h_s[last_hs])
     hs_groups = model.h_s[last_hs].weight.shape[out_dim] // model.M
@@ -101,7 +92,7 @@ def widen_latent(model: nn.Module, M: int, seed: int = 0) -> nn.Module:
         if key in done:
             continue
         src = old_state[key]
-        if key.rsplit(".", 1)[-1] in _TABLES:  # coding tables (sized by update(), independent of M)
+        if key.rsplit(".", 1)[-1] in TABLE_FIELDS:  # coding tables (sized by update(), independent of M)
             state[key] = src.clone()
         elif src.shape == value.shape:
             value.copy_(src)
