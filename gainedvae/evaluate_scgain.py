@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import evaluate as ev
 from .metrics import ms_ssim, ms_ssim_db, psnr, to_uint8
-from .models import model_name
+from .models import model_name, stream_bytes, takes_qmap
 from .qmap import gradient_qmap, load_qmap, prepare_qmap
 
 DEFAULT_QMAP_VALUES: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -56,10 +56,6 @@ class MapRow:
     decoding_time: float
 
 
-def takes_qmap(net: nn.Module) -> bool:
-    return bool(getattr(net, "takes_qmap", False))
-
-
 @torch.inference_mode()
 def code_with_map(net: nn.Module, x: Tensor, quality: float, qmap) -> Tuple[Tensor, int, float, float, float]:
     """Encode with ``qmap`` and decode (no map) ``x`` ``(1, 3, H, W)``.
@@ -73,8 +69,7 @@ def code_with_map(net: nn.Module, x: Tensor, quality: float, qmap) -> Tuple[Tens
     t2 = time.perf_counter()
     out = net(x, quality=quality, qmap=qmap)
     est_bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
-    nbytes = sum(len(s) for group in enc["strings"] for s in group)
-    return x_hat, nbytes, est_bits, t1 - t0, t2 - t1
+    return x_hat, stream_bytes(enc["strings"]), est_bits, t1 - t0, t2 - t1
 
 
 def region_psnr(ref: Tensor, rec: Tensor, mask: Tensor) -> float:

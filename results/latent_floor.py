@@ -31,7 +31,12 @@ def blocks(path: str) -> np.ndarray:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255.0 ** 2 / np.mean((a - b) ** 2)))
+    """:func:`gainedvae.metrics.psnr` of two arrays on the 0-255 scale."""
+    import torch
+
+    from gainedvae.metrics import psnr as tensor_psnr
+
+    return tensor_psnr(torch.from_numpy(np.asarray(a, dtype=np.float64)), torch.from_numpy(np.asarray(b, dtype=np.float64)))
 
 
 def pca_psnr(files, components):

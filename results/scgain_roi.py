@@ -50,9 +50,9 @@ from tqdm import tqdm
 from gainedvae import evaluate as ev
 from gainedvae.atomic import atomic_save, atomic_write_bytes
 from gainedvae.checkpoint import load_checkpoint
-from gainedvae.evaluate_scgain import code_with_map, region_psnr, takes_qmap
+from gainedvae.evaluate_scgain import code_with_map, region_psnr
 from gainedvae.metrics import psnr, to_uint8
-from gainedvae.models import model_name
+from gainedvae.models import model_name, stream_bytes, takes_qmap
 from gainedvae.qmap import DEFAULT_LAMBDA_RANGE, ellipse_qmap, half_qmap
 from gainedvae.ratecontrol import Trial, search
 
@@ -96,8 +96,7 @@ def check_qualities(net: nn.Module, qualities: Sequence[float]) -> List[float]:
 def coded_bytes(net: nn.Module, x: Tensor, quality: float, qmap) -> int:
     """Bytes of the bitstream of ``x`` at ``quality`` with ``qmap``, counted as ``code_with_map``
     counts them (encoding only: the search's trials)."""
-    enc = net.compress(x, quality, qmap)
-    return sum(len(s) for group in enc["strings"] for s in group)
+    return stream_bytes(net.compress(x, quality, qmap)["strings"])
 
 
 # ---------------------------------------------------------------------------
