@@ -68,6 +68,8 @@ class TrainConfig:
     metric: str = _flag("mse", "distortion of the loss", choices=("mse", "ms-ssim"))
     level_sampling: str = _flag("batch", "gained models: draw one level per batch or one per sample",
                                choices=("batch", "sample"))
+    level_weights: Tuple[float, ...] = _flag((), "gained models: weight of each level's loss in the objective, one per "
+                                                 "lambda (comma- or space-separated; empty: all 1)")
     steps: int = _flag(100_000, "training steps")
     batch_size: int = _flag(8, "patches per step (over all processes)")
     patch_size: int = _flag(256, "side of the random training crops")
@@ -170,12 +172,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 # objective
 
 
-def rate_distortion(out: Dict, x: Tensor, lmbda: Tensor, metric: str = "mse") -> Dict[str, Tensor]:
+def rate_distortion(out: Dict, x: Tensor, lmbda: Tensor, metric: str = "mse",
+                    weight: Optional[Tensor] = None) -> Dict[str, Tensor]:
     """``lambda * 255^2 * MSE + bpp`` (or ``lambda * (1 - MS-SSIM) + bpp``) per sample, averaged.
 
     ``lmbda`` is a scalar or a ``(B,)`` tensor (per-sample levels), or a
     pixel-wise ``(B|1, 1, H, W)`` lambda map (``gained-scgain``; MSE only):
     ``mean(lambda_map * 255^2 * (x_hat - x)^2) + bpp``.
+
+    With ``weight`` (a scalar or ``(B,)`` tensor: ``--level-weights`` of each sample's level) the
+    result also has ``objective = mean(weight * per-sample loss)``, what training minimises;
+    ``loss`` stays the plain mean, comparable across runs.
     """
     n, _, h, w = x.shape
     num_pixels = h * w
@@ -185,9 +192,10 @@ def rate_distortion(out: Dict, x: Tensor, lmbda: Tensor, metric: str = "mse") ->
     if lmbda.dim() == 4:  # pixel-wise lambda map
         if metric != "mse":
             raise TrainingError(f"a pixel-wise lambda map (gained-scgain) needs --metric mse, got {metric!r}")
-        weighted = (lmbda.to(x.device) * 255.0**2 * sq_err).flatten(1).mean(1)
+        per_sample = (lmbda.to(x.device) * 255.0**2 * sq_err).flatten(1).mean(1) + bpp
         psnr = -10 * torch.log10(mse.clamp_min(1e-10))
-        return {"loss": (weighted + bpp).mean(), "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
+        return _with_objective({"loss": per_sample.mean(), "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()},
+                               per_sample, weight)
     lmbda = lmbda.to(x.device).expand(n)
     if metric == "mse":
         distortion = 255.0**2 * mse
@@ -197,9 +205,29 @@ def rate_distortion(out: Dict, x: Tensor, lmbda: Tensor, metric: str = "mse") ->
         distortion = 1 - ms_ssim(out["x_hat"], x, data_range=1.0, size_average=False)
     else:
         raise TrainingError(f"unknown metric {metric!r} (mse or ms-ssim)")
-    loss = (lmbda * distortion + bpp).mean()
+    per_sample = lmbda * distortion + bpp
     psnr = -10 * torch.log10(mse.clamp_min(1e-10))
-    return {"loss": loss, "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()}
+    return _with_objective({"loss": per_sample.mean(), "bpp": bpp.mean(), "mse": mse.mean(), "psnr": psnr.mean()},
+                           per_sample, weight)
+
+
+def _with_objective(metrics: Dict[str, Tensor], per_sample: Tensor, weight: Optional[Tensor]) -> Dict[str, Tensor]:
+    if weight is not None:
+        metrics["objective"] = (weight.to(per_sample.device).expand_as(per_sample) * per_sample).mean()
+    return metrics
+
+
+def level_weight_tensor(cfg: TrainConfig, levels: int) -> Optional[Tensor]:
+    """``--level-weights`` as a tensor (None when not given), checked against the run's levels."""
+    if not cfg.level_weights:
+        return None
+    if levels == 1:
+        raise TrainingError(f"--level-weights is for variable-rate models; {cfg.model} has one lambda")
+    if len(cfg.level_weights) != levels:
+        raise TrainingError(f"--level-weights: expected one weight per lambda ({levels}), got {len(cfg.level_weights)}")
+    if min(cfg.level_weights) <= 0 or not all(math.isfinite(w) for w in cfg.level_weights):
+        raise TrainingError(f"--level-weights must be positive and finite, got {list(cfg.level_weights)}")
+    return torch.tensor(cfg.level_weights, dtype=torch.float32)
 
 
 def configure_optimizers(net: nn.Module, lr: float, aux_lr: float):
@@ -509,6 +537,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         files.remove_temp_files()
     train_images, val_images = split_dataset(cfg.data, cfg.val_split)
     lambdas = cfg.run_lambdas()
+    level_weights = level_weight_tensor(cfg, len(lambdas))
     if cfg.level_sampling == "sample" and cfg.model.endswith("-vbr"):
         raise TrainingError(f"{cfg.model} codes one level per batch (CompressAI's design): use --level-sampling batch")
     if cfg.metric == "ms-ssim" and min(cfg.patch_size, cfg.val_size) < 161:
@@ -536,7 +565,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
             raise TrainingError(f"--resume: no checkpoint in {files.dir}")
         state = read_checkpoint(path, map_location=device)
         saved = state.get("train_config", {})
-        for key in ("model", "N", "M", "lambdas", "lmbda", "steps", "batch_size", "patch_size", "seed", "qmap_lambda_range",
+        for key in ("model", "N", "M", "lambdas", "lmbda", "level_weights", "steps", "batch_size", "patch_size", "seed", "qmap_lambda_range",
                     "entropy_model"):
             old, new = saved.get(key), getattr(cfg, key)
             if key in saved and (list(old) if isinstance(old, (list, tuple)) else old) != (list(new) if isinstance(new, (list, tuple)) else new):
@@ -618,14 +647,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
         out = model_forward(forward_model, x, level, qmap)
-        metrics = rate_distortion(out, x, lmbda, cfg.metric)
+        weight = level_weights[level] if level_weights is not None else None
+        metrics = rate_distortion(out, x, lmbda, cfg.metric, weight)
         if not torch.isfinite(metrics["loss"]):
             bar.close()
             raise TrainingError(
                 f"non-finite loss ({metrics['loss'].item()}) at step {step}; stopping. "
                 f"Last good checkpoint: {last_good or 'none yet'}"
             )
-        metrics["loss"].backward()
+        metrics.get("objective", metrics["loss"]).backward()
         if cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_max_norm)
         optimizer.step()

@@ -140,8 +140,8 @@ def test_nan_loss_stops_with_clear_message(image_dir, tmp_path, monkeypatch):
     real = T.rate_distortion
     calls = {"n": 0}
 
-    def poisoned(out, x, lmbda, metric="mse"):
-        r = real(out, x, lmbda, metric)
+    def poisoned(out, x, lmbda, metric="mse", weight=None):
+        r = real(out, x, lmbda, metric, weight)
         calls["n"] += 1
         if calls["n"] == 3:
             r["loss"] = r["loss"] * float("nan")
@@ -387,3 +387,46 @@ def test_a_skipped_image_is_replaced_deterministically(image_dir, tmp_path):
     with pytest.raises(DataError, match="none of the 1 training images"):
         with pytest.warns(UserWarning):
             PatchDataset([str(bad)], patch_size=32)[0]
+
+
+def test_level_weights_weight_the_objective_not_the_logged_loss():
+    """rate_distortion with per-sample weights: ``objective`` is the weighted mean that training
+    minimises, ``loss`` stays the plain mean of the per-sample RD losses."""
+    from gainedvae.train import rate_distortion
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16)
+    out = {"x_hat": x + 0.05 * torch.randn_like(x), "likelihoods": {"y": torch.rand(3, 4, 2, 2).clamp_min(0.05)}}
+    lmbda = torch.tensor([0.01, 0.05, 0.1])
+    plain = rate_distortion(out, x, lmbda)
+    assert "objective" not in plain
+    w = torch.tensor([2.0, 1.0, 0.5])
+    weighted = rate_distortion(out, x, lmbda, weight=w)
+    bpp = -torch.log2(out["likelihoods"]["y"]).flatten(1).sum(1) / 256
+    per_sample = lmbda * 255.0**2 * (out["x_hat"] - x).pow(2).flatten(1).mean(1) + bpp
+    torch.testing.assert_close(weighted["loss"], per_sample.mean())
+    torch.testing.assert_close(weighted["objective"], (w * per_sample).mean())
+    torch.testing.assert_close(rate_distortion(out, x, lmbda, weight=torch.tensor(3.0))["objective"], 3 * per_sample.mean())
+
+
+def test_level_weights_change_the_training_and_are_checked(image_dir, tmp_path):
+    """--level-weights: a run with weights takes other steps than one without (same seed), keeps
+    them in its config (a resume with other weights is refused), and bad weights are refused."""
+    import gainedvae.train as T
+
+    base = dict(lambdas=(0.01, 0.05), steps=2, level_sampling="sample", batch_size=4)
+    plain = gainedvae.read_checkpoint(train(cfg(image_dir, tmp_path / "a", **base), progress=False))
+    heavy = gainedvae.read_checkpoint(train(cfg(image_dir, tmp_path / "b", level_weights=(1.0, 4.0), **base),
+                                            progress=False))
+    assert heavy["train_config"]["level_weights"] == (1.0, 4.0)
+    assert not torch.equal(plain["state_dict"]["g_a.0.weight"], heavy["state_dict"]["g_a.0.weight"])
+    with pytest.raises(TrainingError, match="level_weights"):
+        train(cfg(image_dir, tmp_path / "b", level_weights=(1.0, 2.0), **{**base, "steps": 3}), resume="latest",
+              progress=False)
+    for weights, match in [((1.0,), r"one weight per lambda \(2\), got 1"), ((1.0, 0.0), "positive"),
+                           ((1.0, float("inf")), "positive and finite")]:
+        with pytest.raises(TrainingError, match=match):
+            T.level_weight_tensor(cfg(image_dir, tmp_path, level_weights=weights), 2)
+    with pytest.raises(TrainingError, match="variable-rate"):
+        T.level_weight_tensor(cfg(image_dir, tmp_path, model="mbt2018-mean", lmbda=0.05, level_weights=(1.0,)), 1)
+    assert T.level_weight_tensor(cfg(image_dir, tmp_path), 2) is None
