@@ -2,9 +2,10 @@
 # The long CPU campaign of issues 16 and 21 (see results/README.md, "The long campaign").
 # Resumable: run it again after any interruption; every stage continues from its latest checkpoint,
 # finished fine-tunes (a DONE file in their folder) are skipped.
-#   THREADS=1 results/campaign.sh wide                    # the shared start, stage 2 (M=192); background: nohup ... &
-#   STAGE=m192 FROM=4000 THREADS=1 results/campaign.sh gained   # a gained fine-tune of stage 2's step 4,000
-#   FROM=36000 THREADS=1 results/campaign.sh singles      # issue 21: the single-rate set from stage 2's step 36,000
+#   THREADS=1 results/campaign.sh gained                  # the gained fine-tune of the shared start (stage 2's step 36,000)
+#   THREADS=1 results/campaign.sh singles vbr             # issue 21: the single-rate set, then the VBR peer, from the same start
+#   THREADS=1 results/campaign.sh wide                    # the shared start, stage 2 (M=192; stopped at step 36,000)
+#   STAGE=m192 FROM=10000 THREADS=1 results/campaign.sh gained   # a gained fine-tune of stage 2's step 10,000
 #   results/campaign.sh pretrain                          # stage 1 (M=96, steps 0-64,000: done, kept for the record)
 # THREADS=1: one torch thread per lane, far steadier when other work shares the cores (two lanes on 2 cores).
 # The whole script is one block that ends in `exit`: bash reads it completely before running it, so
@@ -20,6 +21,12 @@ TRAIN_DATA="$DATA/bsds500/train $DATA/bsds500/val $DATA/bsds500/test $DATA/sun_h
 COMMON="-N 64 -M 96 --batch-size 8 --patch-size 128 --downscale-jpeg --val-size 256 --val-max-images 16 \
         --val-every 2000 --save-every 1000 --keep 2 --log-every 100 --seed 0 --no-progress --compile on \
         --threads ${THREADS:-0} --ema-decay 0.999"
+# How a gained fine-tune draws and weighs its levels (results/README.md, "levels of a gained fine-tune"):
+# one level per sample, each level's loss weighted by 1 / its validation loss at step 2,000 of the
+# batch-level run gained-m192-from-10k (normalised to mean 1): every level's relative change counts
+# alike. Measured against one level per batch from the same start; CompressAI's VBR model keeps its
+# one level per batch (its design).
+LEVELS="--level-sampling sample --level-weights 2.5,1.79,1.29,0.922,0.644,0.427,0.268,0.161"
 # CompressAI's eight lambdas (MSE; MS-SSIM: its MS-SSIM scale)
 LAMBDAS_MSE="0.0018 0.0035 0.0067 0.0130 0.0250 0.0483 0.0932 0.18"
 LAMBDAS_MSSSIM="2.40,4.58,8.73,16.64,31.73,60.50,115.37,220.00"
@@ -89,19 +96,32 @@ finetune() {
   echo "== $name: $(date -u +%FT%TZ) done"
 }
 
-from_step() { echo "${FROM:?set FROM to the step of the shared start to fine-tune from}"; }
-stage2() { printf "$RUNS/pretrain-m192/ckpt-%07d.pt" "$(from_step)"; }   # stage 2's checkpoint at step $FROM
+# The shared start ends at stage 2's step 36,000 (shared-start step 100,000, the issue's minimum;
+# results/README.md says why): every fine-tune of issues 16 and 21 starts from it unless FROM says
+# otherwise. Stage 2's checkpoint at step $FROM comes from, in order: the run's own checkpoint; the
+# copy kept beside the run ($RUNS/pretrain-m192-$FROM.pt, made before --keep rotates it away); for
+# step 36,000 on a fresh machine, the committed EMA weights results/campaign/shared-start-100k.pt.
+SHARED_START=36000
+from_step() { echo "${FROM:-$SHARED_START}"; }
+stage2() {
+  local step ckpt kept
+  step=$(from_step); ckpt=$(printf "$RUNS/pretrain-m192/ckpt-%07d.pt" "$step"); kept="$RUNS/pretrain-m192-$step.pt"
+  if [ -f "$ckpt" ]; then echo "$ckpt"
+  elif [ -f "$kept" ]; then echo "$kept"
+  elif [ "$step" = "$SHARED_START" ] && [ -f results/campaign/shared-start-100k.pt ]; then echo results/campaign/shared-start-100k.pt
+  else echo "$ckpt"; fi  # absent: finetune's cp says so and the lane stops
+}
 tag() { echo "m192-from-$(($(from_step) / 1000))k"; }
 
-# The gained fine-tune (issue 16, section 2). STAGE=m96 (default): stage 1's step $FROM;
-# STAGE=m192: stage 2's step $FROM (its own step count).
+# The gained fine-tune (issue 16, section 2). STAGE=m192 (default): stage 2's step $FROM (its own
+# step count; default the shared start's end, 36,000); STAGE=m96: stage 1's step $FROM.
 #   FROM=48000 THREADS=1 nohup results/campaign.sh gained >> runs/protocol/gained.out 2>&1 &
 #   STAGE=m192 FROM=4000 THREADS=1 nohup results/campaign.sh gained >> runs/protocol/gained-m192.out 2>&1 &
 gained() {
-  case "${STAGE:-m96}" in
+  case "${STAGE:-m192}" in
     m96) finetune "gained-from-$(($(from_step) / 1000))k" "$(printf "$RUNS/pretrain-200k/ckpt-%07d.pt" "$(from_step)")" \
              -m gained-mbt2018-mean ;;
-    m192) finetune "gained-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean ;;
+    m192) finetune "gained-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS ;;
     *) echo "STAGE must be m96 or m192, got $STAGE" >&2; return 2 ;;
   esac
 }
@@ -113,15 +133,16 @@ gained() {
 single() { finetune "single-$1-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean --lambda "$1"; }
 singles() { local l; for l in $LAMBDAS_MSE; do single "$l"; done; }
 vbr() { finetune "vbr-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean-vbr; }
-checkerboard() { finetune "checkerboard-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-checkerboard; }
+checkerboard() { finetune "checkerboard-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-checkerboard $LEVELS; }
 msssim() {
   finetune "msssim-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean --metric ms-ssim --lambdas "$LAMBDAS_MSSSIM" \
-      --patch-size 256 --batch-size 2
+      --patch-size 256 --batch-size 2 $LEVELS
 }
-# gained-scgain, fine-tuned from a finished gained model: GAINED=<its checkpoint>
+# gained-scgain, fine-tuned from a finished gained model (GAINED=<its checkpoint>; default the gained
+# fine-tune of the same start)
 scgain() {
-  local src=${GAINED:?set GAINED to the gained checkpoint to fine-tune the spatial-gain model from}
-  finetune "scgain-$(basename "$(dirname "$src")")" "$src" -M 192 -m gained-scgain
+  local src=${GAINED:-$RUNS/gained-$(tag)/ckpt-$(printf %07d ${STEPS:-15000}).pt}  # default: the gained fine-tune of the same start
+  finetune "scgain-$(basename "$(dirname "$src")")" "$src" -M 192 -m gained-scgain $LEVELS
 }
 
 for s in "${@:-wide}"; do $s; done
