@@ -58,11 +58,11 @@ pretrain() {
 # 500-step warm-up, lr 1e-3 constant (x0.1 at 90 % of a 100,000-step cap). Step numbers restart at 0
 # (shared-start step = 64,000 + this stage's step). Where the state comes from, in order:
 #   1. $RUNS/pretrain-m192/ckpt-*.pt                      (exact --resume)
-#   2. results/campaign/pretrain-latest.pt                (committed stage-2 snapshot: --init, warm-up)
+#   2. results/campaign/shared-start-100k.pt              (committed stage-2 EMA at its step 36,000: --init, warm-up)
 #   3. $RUNS/pretrain-m192/start.pt                       (the widened start)
 #   4. results/campaign/pretrain-m96-64k.pt, widened      (the committed step-64,000 EMA of stage 1)
 wide() {
-  local dir="$RUNS/pretrain-m192" snapshot=results/campaign/pretrain-latest.pt start="--resume"
+  local dir="$RUNS/pretrain-m192" snapshot=results/campaign/shared-start-100k.pt start="--resume"
   if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
     mkdir -p "$dir"
     if [ -f "$snapshot" ]; then
@@ -85,6 +85,11 @@ finetune() {
   local name=$1 src=$2; shift 2
   local dir="$RUNS/$name" start="--resume"
   if [ -f "$dir/DONE" ]; then echo "== $name: done"; return; fi
+  # one lane per run: LANE holds the pid of the lane that trains it (two lanes share the queue)
+  if [ -f "$dir/LANE" ] && [ "$(cat "$dir/LANE")" != "$$" ] && kill -0 "$(cat "$dir/LANE")" 2>/dev/null; then
+    echo "== $name: running in lane $(cat "$dir/LANE")"; return
+  fi
+  mkdir -p "$dir"; echo $$ > "$dir/LANE"
   if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
     mkdir -p "$dir"; [ -f "$dir/start.pt" ] || cp "$src" "$dir/start.pt"
     start="--init $dir/start.pt"
@@ -132,6 +137,7 @@ gained() {
 # (MS-SSIM's 5 scales need patches >= 161: 256x256 x 2, the same pixels per step).
 single() { finetune "single-$1-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean --lambda "$1"; }
 singles() { local l; for l in $LAMBDAS_MSE; do single "$l"; done; }
+singles_desc() { local l; for l in $(printf '%s\n' $LAMBDAS_MSE | sort -gr); do single "$l"; done; }  # the other lane's order
 vbr() { finetune "vbr-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean-vbr; }
 checkerboard() { finetune "checkerboard-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-checkerboard $LEVELS; }
 msssim() {

@@ -97,8 +97,8 @@ def run_order(name: str):
         return (0, 0.0, name)
     if name == "gained":
         return (1, 0.0, name)
-    if name.startswith("single-"):
-        return (2, float(name.split("-", 1)[1]), name)
+    if name.startswith("single-"):  # single-<lambda> or single-<lambda>-<campaign tag>
+        return (2, float(name.split("-")[1]), name)
     return (3, 0.0, name)
 
 

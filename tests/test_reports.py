@@ -67,3 +67,12 @@ def test_peers_report_table(checkpoints, image_dir, tmp_path, capsys):
     assert "results/evaluate.sh peers" in text  # the BD table says how to produce it
     for row in res["rows"].values():
         assert row["encode_s"] > 0 and row["decode_s"] > 0 and row["bpp"] > 0 and row["weights_fp16_bytes"] > 0
+
+
+def test_training_curves_order_runs_with_campaign_tags():
+    """results/training_curves.py sorts single-rate runs by lambda, with or without a campaign tag."""
+    from results.training_curves import run_order
+
+    names = ["vbr", "single-0.18-m192-from-36k", "gained", "single-0.0018-m192-from-36k", "single-0.013", "pretrain"]
+    assert sorted(names, key=run_order) == ["pretrain", "gained", "single-0.0018-m192-from-36k", "single-0.013",
+                                            "single-0.18-m192-from-36k", "vbr"]
