@@ -86,12 +86,13 @@ finetune() {
   local dir="$RUNS/$name" start="--resume"
   if [ -f "$dir/DONE" ]; then echo "== $name: done"; return; fi
   # one lane per run: LANE holds the pid of the lane that trains it (two lanes share the queue)
-  if [ -f "$dir/LANE" ] && [ "$(cat "$dir/LANE")" != "$$" ] && kill -0 "$(cat "$dir/LANE")" 2>/dev/null; then
-    echo "== $name: running in lane $(cat "$dir/LANE")"; return
+  local lane; lane=$(cat "$dir/LANE" 2>/dev/null || true)
+  if [ -n "$lane" ] && [ "$lane" != "$$" ] && kill -0 "$lane" 2>/dev/null; then
+    echo "== $name: running in lane $lane"; return
   fi
   mkdir -p "$dir"; echo $$ > "$dir/LANE"
   if ! ls "$dir"/ckpt-*.pt >/dev/null 2>&1; then
-    mkdir -p "$dir"; [ -f "$dir/start.pt" ] || cp "$src" "$dir/start.pt"
+    [ -f "$dir/start.pt" ] || cp "$src" "$dir/start.pt"
     start="--init $dir/start.pt"
   fi
   echo "== $name: $(date -u +%FT%TZ) $start"
