@@ -87,7 +87,8 @@ def run(args) -> int:
     net = load_gained(args, device)
     name = args.name or model_name(net)
     rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name, cache)
-    gained = ev.aggregate(rows, name, f"{ev.describe_model(net)}; real rANS bitstreams; {source}")
+    gained = ev.aggregate(rows, name, f"{ev.describe_model(net)}; real rANS bitstreams; {source}",
+                          {"lambdas": [float(v) for v in net.lambdas]} if getattr(net, "lambdas", None) else None)
     ev.write_json(gained, out / f"{name}.json")
     ev.write_csv(rows, out / f"{name}-per-image.csv")
 

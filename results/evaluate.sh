@@ -1,44 +1,86 @@
 #!/usr/bin/env bash
-# The Kodak evaluation behind results/ (run after results/protocol.sh; see results/README.md).
-#   RUNS=runs/protocol results/evaluate.sh            # every table
-#   RUNS=runs/protocol results/evaluate.sh main        # results/kodak only
-# Measured rows are cached in $RUNS/eval-cache.jsonl (keyed by weights hash, image, quality):
-# re-running codes only what is new; delete the file to measure everything again.
+# The Kodak evaluation behind results/ (run after results/campaign.sh; see results/README.md).
+#   RUNS=runs/protocol results/evaluate.sh                  # every table whose runs have finished
+#   RUNS=runs/protocol results/evaluate.sh main level_gap   # results/kodak only
+# The campaign's runs (results/campaign.sh) are $RUNS/<model>-$TAG, evaluated at their step $STEPS
+# (default the shared start's end and the fine-tune length: m192-from-36k, 15000). A stage whose runs
+# have not finished says so and is skipped. Measured rows are cached in $RUNS/eval-cache.jsonl
+# (keyed by weights hash, image, quality): re-running codes only what is new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 RUNS=${RUNS:-runs/protocol}
 DATA=${DATA:-../shared/data}
 A=${ANCHORS:-../shared/anchors}
-STEPS=8000
+TAG=${TAG:-m192-from-36k}
+STEPS=${STEPS:-15000}
 
-final() { echo "$RUNS/$1/ckpt-$(printf %07d $STEPS).pt"; }
-finished_singles() { for d in "$RUNS"/single-*; do [ -f "$d/DONE" ] && final "$(basename "$d")"; done; }
-kodak() { $PY eval_gain.py -d "$DATA/kodak" --step 0.5 --no-progress --cache "$RUNS/eval-cache.jsonl" "$@"; }
+final() { echo "$RUNS/$1-$TAG/ckpt-$(printf %07d $STEPS).pt"; }
+have() {  # have RUN...: every run finished (its final checkpoint exists), else say which is missing
+  local r; for r in "$@"; do [ -f "$(final "$r")" ] || { echo "== skipped: $(final "$r") missing" >&2; return 1; }; done
+}
+finished_singles() { local d; for d in "$RUNS"/single-*-"$TAG"; do [ -f "$d/DONE" ] && final "$(basename "${d%-$TAG}")"; done; true; }
+kodak() { $PY eval_gain.py -d "$DATA/kodak" --no-progress --cache "$RUNS/eval-cache.jsonl" "$@"; }
 
-# Issue 8: the shipped gained model (no --checkpoint) against the same-budget single-rate set,
-# Pillow JPEG / WebP / AVIF measured here, and published curves for context.
+# Issues 8 / 16 / 21.1: the shipped gained model (no --checkpoint) against the same-budget single-rate
+# set, Pillow JPEG / WebP / AVIF measured here, and published curves for context.
 main() {
-  kodak --baseline $(finished_singles) \
+  rm -f results/kodak/mbt2018-mean-single-rate.json results/kodak/mbt2018-mean-single-rate-per-image.csv  # no stale set
+  kodak --step 0.5 --baseline $(finished_singles) \
     "$A/kodak/compressai-mbt2018-mean_mse_cpu.json" "$A/kodak/mbt2018-mean-vbr-ans.json" \
     "$A/kodak-imagecodecs/jpegxl.json" \
     --classic jpeg,webp,avif --output-dir results/kodak
 }
+# Issue 21.1: where the gained model loses to the single-rate set, level by level (after main).
+level_gap() {
+  [ -f results/kodak/mbt2018-mean-single-rate.json ] || { echo "== skipped: run main with finished singles first" >&2; return 0; }
+  $PY results/level_gap.py results/kodak/gained-mbt2018-mean.json results/kodak/mbt2018-mean-single-rate.json \
+    -o results/kodak/level-gap.md
+}
 
-# Issue 11: the same gained model against CompressAI's VBR model trained on the same budget.
+# Issues 11 / 21.2: the same gained model against CompressAI's VBR model trained on the same budget.
 peers() {
-  kodak --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
+  have vbr || return 0
+  kodak --step 0.5 --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
     --output-dir results/kodak/peers
 }
 
-# Issue 10: entropy-model ablation, BD-rate of each variant against the Gaussian one.
+# Issue 21.4: the checkerboard context model against the mean-scale gained model of the same budget
+# (BD-rate, and decode time per quality in both JSONs: results/checkerboard/README.md).
+checkerboard() {
+  have checkerboard gained || return 0
+  kodak --step 1 --checkpoint "$(final checkerboard)" --name gained-mbt2018-checkerboard \
+    --baseline "$(final gained)" --output-dir results/checkerboard
+}
+
+# Issue 21.5: the MS-SSIM gained model against the MSE one and Pillow WebP / AVIF (MS-SSIM dB columns).
+msssim() {
+  have msssim || return 0
+  kodak --step 1 --checkpoint "$(final msssim)" --name gained-mbt2018-mean-msssim \
+    --baseline results/kodak/gained-mbt2018-mean.json "$A/kodak/compressai-mbt2018-mean_ms-ssim_cpu.json" \
+    --classic webp,avif --output-dir results/msssim
+}
+
+# Issue 21.3: the spatial-channel model: uniform maps against the gained model (a), ROI at equal
+# file size (b), eval_gain.py --mode scgain's plots (c).
+scgain() {
+  local sc="$RUNS/scgain-gained-$TAG/ckpt-$(printf %07d $STEPS).pt"
+  [ -f "$sc" ] || { echo "== skipped: $sc missing" >&2; return 0; }
+  $PY eval_gain.py --mode scgain --checkpoint "$sc" -d "$DATA/kodak" --step 1 --no-progress \
+    --gain-checkpoint results/kodak/gained-mbt2018-mean.json --output-dir results/scgain
+  $PY results/scgain_roi.py --checkpoint "$sc" -d "$DATA/kodak" --qualities 2 4 6 --picture --output-dir results/scgain
+}
+
+# Issue 10, at its own budget (8,000-step fine-tunes of the 10,000-step start of results/protocol.sh,
+# no campaign tag), against the gained model of that budget.
 ablation() {
+  local kind
   for kind in asymmetric gmm; do
-    kodak --checkpoint "$(final ablation-$kind)" --name "gained-mbt2018-mean-$kind" \
-      --baseline results/kodak/gained-mbt2018-mean.json --output-dir "results/ablation/$kind"
+    kodak --step 0.5 --checkpoint "$RUNS/ablation-$kind/ckpt-0008000.pt" --name "gained-mbt2018-mean-$kind" \
+      --baseline "$RUNS/gained/ckpt-0008000.pt" --output-dir "results/ablation/$kind"
   done
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(main peers ablation)
+[ ${#stages[@]} -eq 0 ] && stages=(main level_gap peers checkerboard msssim scgain)
 for s in "${stages[@]}"; do $s; done

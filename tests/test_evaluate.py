@@ -67,6 +67,7 @@ def test_eval_writes_json_csv_png_and_bd_table(two_images, checkpoints, tmp_path
     data = json.loads((out / "gained-mbt2018-mean.json").read_text())
     res = data["results"]
     assert res["quality"] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert data["lambdas"] == pytest.approx(list(gainedvae.load_checkpoint(gained).lambdas))  # results/level_gap.py reads them
     for key in ("bpp", "est_bpp", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"):
         assert len(res[key]) == 5 and all(math.isfinite(v) for v in res[key]), key
     for b, e in zip(res["bpp"], res["est_bpp"]):

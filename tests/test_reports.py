@@ -76,3 +76,54 @@ def test_training_curves_order_runs_with_campaign_tags():
     names = ["vbr", "single-0.18-m192-from-36k", "gained", "single-0.0018-m192-from-36k", "single-0.013", "pretrain"]
     assert sorted(names, key=run_order) == ["pretrain", "gained", "single-0.0018-m192-from-36k", "single-0.013",
                                             "single-0.18-m192-from-36k", "vbr"]
+
+
+def _results(bpp, psnr, **extra):
+    ms = [p - 10 for p in psnr]
+    return {"quality": list(range(1, len(bpp) + 1)), "bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb-db": ms, **extra}
+
+
+def test_level_gap_reads_the_single_rate_curve_at_each_gained_level(tmp_path):
+    """A gained curve 0.5 dB under the single-rate one at every bpp: dPSNR -0.5, dRate from the slope."""
+    import json
+    import math
+
+    from results.level_gap import level_gap, main
+
+    lambdas = [0.0018, 0.0067, 0.025, 0.18]
+    sbpp = [0.2, 0.4, 0.8, 1.6]
+    singles = {"name": "singles", "results": _results(sbpp, [30 + 10 * math.log10(b) for b in sbpp], **{"lambda": lambdas})}
+    gbpp = [0.25, 0.5, 1.0, 2.0]  # the top level past the single-rate range: no interpolated numbers
+    gained = {"name": "gained", "lambdas": lambdas,
+              "results": _results(gbpp, [29.5 + 10 * math.log10(b) for b in gbpp])}
+    gained["results"]["quality"] = [1, 2, 3, 4]
+    gap = level_gap(gained, singles)
+    rows = gap["levels"]
+    assert [r["quality"] for r in rows] == [1, 2, 3, 4] and rows[0]["single_bpp"] == 0.2
+    for r in rows[:3]:
+        assert abs(r["d_psnr"] - (-0.5)) < 0.02 and abs(r["d_ms_ssim_db"] - (-0.5)) < 0.02
+        assert abs(r["d_rate_pct"] - (10 ** 0.05 - 1) * 100) < 0.5  # 0.5 dB at 10 dB per decade of rate
+    assert rows[3]["d_psnr"] is None and rows[3]["d_rate_pct"] is None  # 2.0 bpp / 32.5 dB: past both ranges
+    assert gap["gained_range_bpp"] == [0.25, 2.0] and gap["singles_range_bpp"] == [0.2, 1.6]
+
+    g, s = tmp_path / "g.json", tmp_path / "s.json"
+    g.write_text(json.dumps(gained)), s.write_text(json.dumps(singles))
+    assert main([str(g), str(s), "-o", str(tmp_path / "gap.md")]) == 0
+    text = (tmp_path / "gap.md").read_text()
+    assert "| 1 | 0.0018 | 0.2500 |" in text and "Range: gained 0.250-2.000 bpp" in text
+    assert json.loads((tmp_path / "gap.json").read_text())["levels"][0]["quality"] == 1
+
+
+def test_level_gap_refuses_a_sweep_without_lambdas(tmp_path):
+    import json
+
+    import pytest
+
+    from results.level_gap import main
+
+    g, s = tmp_path / "g.json", tmp_path / "s.json"
+    g.write_text(json.dumps({"name": "old", "results": _results([0.2, 0.4], [28.0, 30.0])}))
+    s.write_text(json.dumps({"name": "s", "results": _results([0.2, 0.4], [28.0, 30.0], **{"lambda": [0.0018, 0.18]})}))
+    with pytest.raises(SystemExit, match="old: no 'lambdas' in the gained results"):
+        main([str(g), str(s)])
+    assert main([str(g), str(s), "--lambdas", "0.0018,0.18"]) == 0
