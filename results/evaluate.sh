@@ -2,8 +2,10 @@
 # The Kodak evaluation behind results/ (run after results/campaign.sh; see results/README.md).
 #   RUNS=runs/protocol results/evaluate.sh                  # every table whose runs have finished
 #   RUNS=runs/protocol results/evaluate.sh main level_gap   # results/kodak only
+#   DRY=1 PY=echo results/evaluate.sh                      # print the commands, change nothing
 # The campaign's runs (results/campaign.sh) are $RUNS/<model>-$TAG, evaluated at their step $STEPS
-# (default the shared start's end and the fine-tune length: m192-from-36k, 15000). A stage whose runs
+# (default the shared start's end and the fine-tune length: m192-from-36k, 15000; the 8,000-step
+# protocol of issues 8-11: TAG= STEPS=8000 GAINED=runs/protocol/gained/ckpt-0008000.pt). A stage whose runs
 # have not finished says so and is skipped. Measured rows are cached in $RUNS/eval-cache.jsonl
 # (keyed by weights hash, image, quality): re-running codes only what is new.
 set -euo pipefail
@@ -12,21 +14,26 @@ PY=${PY:-python}
 RUNS=${RUNS:-runs/protocol}
 DATA=${DATA:-../shared/data}
 A=${ANCHORS:-../shared/anchors}
-TAG=${TAG:-m192-from-36k}
+TAG=${TAG-m192-from-36k}  # TAG= (empty): the untagged runs of results/protocol.sh
 STEPS=${STEPS:-15000}
 
-final() { echo "$RUNS/$1-$TAG/ckpt-$(printf %07d $STEPS).pt"; }
+final() { echo "$RUNS/$1${TAG:+-$TAG}/ckpt-$(printf %07d $STEPS).pt"; }
 have() {  # have RUN...: every run finished (its final checkpoint exists), else say which is missing
   local r; for r in "$@"; do [ -f "$(final "$r")" ] || { echo "== skipped: $(final "$r") missing" >&2; return 1; }; done
 }
-finished_singles() { local d; for d in "$RUNS"/single-*-"$TAG"; do [ -f "$d/DONE" ] && final "$(basename "${d%-$TAG}")"; done; true; }
+finished_singles() {  # single-<lambda>[-$TAG] with a DONE file
+  local d n; for d in "$RUNS"/single-*; do
+    n=$(basename "$d"); n=${n%${TAG:+-$TAG}}
+    [[ $n =~ ^single-[0-9.]+$ && -f "$d/DONE" && "$d" == "$RUNS/$n${TAG:+-$TAG}" ]] && final "$n"
+  done; true
+}
 kodak() { $PY eval_gain.py -d "$DATA/kodak" --no-progress --cache "$RUNS/eval-cache.jsonl" "$@"; }
 
-# Issues 8 / 16 / 21.1: the shipped gained model (no --checkpoint) against the same-budget single-rate
-# set, Pillow JPEG / WebP / AVIF measured here, and published curves for context.
+# Issues 8 / 16 / 21.1: the shipped gained model (GAINED=<checkpoint> for another) against the
+# same-budget single-rate set, Pillow JPEG / WebP / AVIF measured here, and published curves for context.
 main() {
-  rm -f results/kodak/mbt2018-mean-single-rate.json results/kodak/mbt2018-mean-single-rate-per-image.csv  # no stale set
-  kodak --step 0.5 --baseline $(finished_singles) \
+  [ -n "${DRY:-}" ] || rm -f results/kodak/mbt2018-mean-single-rate.json results/kodak/mbt2018-mean-single-rate-per-image.csv  # no stale set
+  kodak --step 0.5 ${GAINED:+--checkpoint "$GAINED"} --baseline $(finished_singles) \
     "$A/kodak/compressai-mbt2018-mean_mse_cpu.json" "$A/kodak/mbt2018-mean-vbr-ans.json" \
     "$A/kodak-imagecodecs/jpegxl.json" \
     --classic jpeg,webp,avif --output-dir results/kodak
@@ -41,7 +48,7 @@ level_gap() {
 # Issues 11 / 21.2: the same gained model against CompressAI's VBR model trained on the same budget.
 peers() {
   have vbr || return 0
-  kodak --step 0.5 --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
+  kodak --step 0.5 ${GAINED:+--checkpoint "$GAINED"} --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
     --output-dir results/kodak/peers
 }
 
