@@ -61,19 +61,26 @@ def n_params(net: torch.nn.Module) -> int:
 
 
 def run(args) -> Dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     paths = {"gained": Path(args.gained), "vbr": Path(args.vbr), "single": Path(args.single)}
+    return time_models(paths, Path(args.d), args.max_images, args.quality, args.repeats, args.threads)
+
+
+def time_models(paths: Dict[str, Path], folder: Path, max_images: Optional[int], quality: float, repeats: int,
+                threads: Optional[int] = None) -> Dict:
+    """Encode / decode time (interleaved, median of ``repeats`` per image, mean over images), bpp,
+    parameters and float16 export size of each checkpoint in ``paths``."""
+    if threads:
+        torch.set_num_threads(threads)
     nets = {k: load_checkpoint(p) for k, p in paths.items()}
-    images = [read_image(p).float() / 255 for p in list_images(Path(args.d), args.max_images)]
+    images = [read_image(p).float() / 255 for p in list_images(folder, max_images)]
     times = {k: {"encode": [], "decode": [], "bpp": []} for k in nets}
     for net in nets.values():  # warm up
-        time_one(net, images[0][..., :64, :64], args.quality)
+        time_one(net, images[0][..., :64, :64], quality)
     for x in images:
         per = {k: {"encode": [], "decode": []} for k in nets}
-        for repeat in range(args.repeats):
+        for repeat in range(repeats):
             for k, net in nets.items():  # interleaved: gained, vbr, single, gained, ...
-                enc, dec, nbytes = time_one(net, x, args.quality)
+                enc, dec, nbytes = time_one(net, x, quality)
                 per[k]["encode"].append(enc)
                 per[k]["decode"].append(dec)
                 if repeat == 0:  # the same bytes every repeat
@@ -93,10 +100,10 @@ def run(args) -> Dict:
             "bpp": statistics.mean(times[k]["bpp"]),
         }
     return {
-        "quality": args.quality,
+        "quality": quality,
         "images": len(images),
-        "folder": str(args.d),
-        "repeats": args.repeats,
+        "folder": str(folder),
+        "repeats": repeats,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,

@@ -127,3 +127,31 @@ def test_level_gap_refuses_a_sweep_without_lambdas(tmp_path):
     with pytest.raises(SystemExit, match="old: no 'lambdas' in the gained results"):
         main([str(g), str(s)])
     assert main([str(g), str(s), "--lambdas", "0.0018,0.18"]) == 0
+
+
+def test_checkerboard_report_table(image_dir, tmp_path):
+    """One table: the BD row of bd.json beside interleaved timings of both checkpoints."""
+    from results import checkerboard_report
+
+    paths = {}
+    for key, name in (("gained", "gained-mbt2018-mean"), ("checkerboard", "gained-mbt2018-checkerboard")):
+        net = tiny_model(name, seed=1)
+        net.update(force=True)
+        paths[key] = gainedvae.save_checkpoint(net, tmp_path / f"{key}.pt")
+    bd = {"rows": [{"baseline": "JPEG [anchor, not ours: x.json]", "bd_rate_psnr": -30.0, "bd_psnr": 2.0},
+                   {"baseline": "gained-mbt2018-mean", "bd_rate_psnr": -4.25, "bd_psnr": 0.21, "bd_rate_ms_ssim": -3.5}]}
+    (tmp_path / "bd.json").write_text(json.dumps(bd))
+    out = tmp_path / "cb.md"
+    args = ["--checkerboard", str(paths["checkerboard"]), "--gained", str(paths["gained"]), "-d", str(image_dir),
+            "--max-images", "1", "--repeats", "1", "--bd", str(tmp_path / "bd.json"), "--out", str(out),
+            "--budget", "15,000 steps each"]
+    assert checkerboard_report.main(args) == 0
+    text = out.read_text()
+    assert "15,000 steps each" in text
+    row = next(line for line in text.splitlines() if line.startswith("| gained-mbt2018-checkerboard"))
+    assert "| -4.25 % | +0.21 dB | -3.50 % |" in row
+    res = json.loads(out.with_suffix(".json").read_text())["rows"]
+    ratio = res["checkerboard"]["decode_s"] / res["gained"]["decode_s"]
+    assert f"| {ratio:.2f} |" in row and res["checkerboard"]["parameters"] > res["gained"]["parameters"]
+    with pytest.raises(SystemExit, match="--gained .*nope.pt: no such checkpoint"):
+        checkerboard_report.main([*args[:2], "--gained", str(tmp_path / "nope.pt")])
