@@ -53,11 +53,13 @@ peers() {
 }
 
 # Issue 21.4: the checkerboard context model against the mean-scale gained model of the same budget
-# (BD-rate, and decode time per quality in both JSONs: results/checkerboard/README.md).
+# (BD-rate, and interleaved encode / decode times: results/checkerboard/README.md; time it on an idle CPU).
 checkerboard() {
   have checkerboard gained || return 0
   kodak --step 1 --checkpoint "$(final checkerboard)" --name gained-mbt2018-checkerboard \
     --baseline "$(final gained)" --output-dir results/checkerboard
+  $PY -m results.checkerboard_report --checkerboard "$(final checkerboard)" --gained "$(final gained)" -d "$DATA/kodak" \
+    --budget "Both fine-tuned ${STEPS} steps from the same shared start ($TAG), same data, batch, patch and schedule."
 }
 
 # Issue 21.5: the MS-SSIM gained model against the MSE one and Pillow WebP / AVIF (MS-SSIM dB columns).
