@@ -131,13 +131,47 @@ def vbr_vs_single(folder: Path) -> Optional[tuple]:
     return tuple(bd_rate(s["bpp"], s[k], v["bpp"], v[k]) for k in ("psnr-rgb", "ms-ssim-rgb-db"))
 
 
-def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: Path = HERE / "kodak" / "peers") -> str:
+#: The budgets the table has been published for (``--budget``): how the three were trained, the
+#: VBR peer's per-batch objective against the gained model's, and the commands that regenerate it.
+BUDGETS = {
+    "protocol": {
+        "issue": "issue 11",
+        "widths": "N=64, M=96",
+        "steps": "8,000",
+        "start_short": "the 10,000-step shared start",
+        "close": "More steps per model would close it first, then width (N=128, M=192).",
+        "start": "the protocol's shared start (single-rate `mbt2018-mean`, lambda 0.18, 10,000 steps: the start the gained model also gets)",
+        "levels": "minimises the loss of one of the eight lambdas per batch, drawn uniformly, as the gained model does,",
+        "train": "RUNS=runs/protocol results/protocol.sh pretrain gained vbr singles4 singles8   # training, resumable",
+        "evaluate": "RUNS=runs/protocol TAG= STEPS=8000 GAINED=runs/protocol/gained/ckpt-0008000.pt results/evaluate.sh peers",
+        "ckpt": "runs/protocol/{run}/ckpt-0008000.pt",
+    },
+    "campaign": {
+        "issue": "issues 11 and 21",
+        "widths": "N=64, M=192",
+        "steps": "15,000",
+        "start_short": "the 100,000-step shared start",
+        "close": "`results/kodak/level-gap.md` shows at which levels.",
+        "start": "the campaign's shared start (single-rate `mbt2018-mean`, lambda 0.18, 100,000 steps: the start the gained model also gets)",
+        "levels": "minimises the loss of one of the eight lambdas per batch, drawn uniformly (the gained model draws one level "
+                  "per sample and weighs the levels, `results/README.md`: the VBR model keeps its published design),",
+        "train": "THREADS=1 results/campaign.sh gained vbr singles                               # training, resumable",
+        "evaluate": "RUNS=runs/protocol results/evaluate.sh peers",
+        "ckpt": "runs/protocol/{run}-m192-from-36k/ckpt-0015000.pt",
+    },
+}
+
+
+def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: Path = HERE / "kodak" / "peers",
+             budget: str = "protocol") -> str:
     r = result["rows"]
+    b = BUDGETS[budget]
+    ck = lambda run: b["ckpt"].format(run=run)  # noqa: E731
     out = [
-        "# Gained model vs CompressAI's variable-rate model, same budget (issue 11)",
+        f"# Gained model vs CompressAI's variable-rate model, same budget ({b['issue']})",
         "",
-        "Same backbone (`mbt2018-mean`, N=64, M=96), data, batch, patch, learning-rate schedule and",
-        "shared start; each model trained 8,000 steps after the 10,000-step shared start (see",
+        f"Same backbone (`mbt2018-mean`, {b['widths']}), data, batch, patch, learning-rate schedule and",
+        f"shared start; each model trained {b['steps']} steps after {b['start_short']} (see",
         "`results/README.md`). Evaluation: all 24 Kodak images, real rANS bitstreams, quality step 0.5.",
         "",
         "## BD-rate of the gained continuous curve (PCHIP, negative = gained needs fewer bits)",
@@ -152,10 +186,9 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: 
                     f"({met(peer['bd_rate_psnr'] < 0)}); vs the same-budget single-rate set <= +1.0 %: "
                     f"**{pct(single['bd_rate_psnr'])}** ({met(single['bd_rate_psnr'] <= 1.0)}).", ""]
             if single["bd_rate_psnr"] > 1.0:
-                out += ["Why the single-rate target is missed: a variable-rate model's levels share the 8,000 steps "
+                out += [f"Why the single-rate target is missed: a variable-rate model's levels share the {b['steps']} steps "
                         "that each single-rate model spends on one lambda, and at this budget nothing has converged "
-                        "(see `results/training-curves.png`); the gap is largest at the highest lambdas. "
-                        "More steps per model would close it first, then width (N=128, M=192).", ""]
+                        "(see `results/training-curves.png`); the gap is largest at the highest lambdas. " + b["close"], ""]
         peer_vs_single = vbr_vs_single(bd_dir)
         if peer_vs_single:
             out += ["For scale, the VBR peer against the same single-rate set: "
@@ -209,25 +242,23 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: 
         "CompressAI's `MeanScaleHyperpriorVbr` has two code paths (its `forward(stage=...)` docstring):",
         "stage 1, the plain single-rate model, \"for initial training\"; stage 2, the variable-rate path",
         "(gain vector, quantisation-reconstruction offsets), \"for post training with e.g. MOO\"",
-        "(the paper's multi-objective optimisation over the lambdas). Here stage 1 is the protocol's",
-        "shared start (single-rate `mbt2018-mean`, lambda 0.18, 10,000 steps: the start the gained model",
-        "also gets) and stage 2 gets the gained model's 8,000 steps, batch, patches, data and",
-        "learning-rate schedule (`-m mbt2018-mean-vbr`, `results/protocol.sh vbr`). Deviations: stage 2",
-        "minimises the loss of one of the eight lambdas per batch, drawn uniformly, as the gained model",
-        "does, instead of MOO (CompressAI ships no training script for it; both models then get the same",
-        "objective), and coding uses our 256-level scale table (applied to every model here, so all are",
+        f"(the paper's multi-objective optimisation over the lambdas). Here stage 1 is {b['start']}",
+        f"and stage 2 gets the gained model's {b['steps']} steps, batch, patches, data and",
+        "learning-rate schedule (`-m mbt2018-mean-vbr`). Deviations: stage 2",
+        f"{b['levels']} instead of MOO (CompressAI ships no training script for it),",
+        "and coding uses our 256-level scale table (applied to every model here, so all are",
         "coded the same way). The peer is not tuned down: same start, same steps, same evaluation.",
         "",
         "## Regenerate",
         "",
         "```bash",
-        "RUNS=runs/protocol results/protocol.sh pretrain gained vbr singles4 singles8   # training, resumable",
-        "RUNS=runs/protocol results/evaluate.sh peers                                  # results/kodak/peers/",
+        b["train"],
+        b["evaluate"] + "   # results/kodak/peers/",
         "python benchmarks/rate_targets.py --model gainedvae/weights/gained-mbt2018-mean.pt \\",
-        "    --model runs/protocol/vbr/ckpt-0008000.pt --single runs/protocol/single-*/ckpt-0008000.pt \\",
+        f"    --model {ck('vbr')} --single {ck('single-*')} \\",
         "    -d ../shared/data/kodak --max-images 4 --json results/kodak/rate-targets.json",
-        "python -m results.peers_report --vbr runs/protocol/vbr/ckpt-0008000.pt \\",
-        "    --single runs/protocol/single-0.0130/ckpt-0008000.pt     # this file (timings on an idle CPU)",
+        f"python -m results.peers_report --budget {budget} --vbr {ck('vbr')} \\",
+        f"    --single {ck('single-0.0130')}     # this file (timings on an idle CPU)",
         "```",
         "",
     ]
@@ -247,10 +278,13 @@ def main(argv=None) -> int:
     p.add_argument("--bd", type=Path, default=HERE / "kodak" / "peers" / "bd.json", help="BD-rates of results/evaluate.sh peers (default: %(default)s)")
     p.add_argument("--targets", type=Path, default=HERE / "kodak" / "rate-targets.json",
                    help="rate-target counts of benchmarks/rate_targets.py (default: %(default)s)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="protocol",
+                   help="which training budget the checkpoints come from, for the text (default: %(default)s)")
     p.add_argument("--out", type=Path, default=HERE / "kodak" / "peers.md", help="markdown table to write (and its .json) (default: %(default)s)")
     args = p.parse_args(argv)
     result = run(args)
-    text = markdown(result, read_json(args.bd, "BD-rates"), read_json(args.targets, "rate targets"), args.bd.parent)
+    text = markdown(result, read_json(args.bd, "BD-rates"), read_json(args.targets, "rate targets"), args.bd.parent,
+                    args.budget)
     atomic_write_bytes(args.out, text.encode())
     atomic_write_bytes(args.out.with_suffix(".json"), json.dumps(result, indent=2).encode())
     print(text)
