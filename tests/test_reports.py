@@ -155,3 +155,16 @@ def test_checkerboard_report_table(image_dir, tmp_path):
     assert f"| {ratio:.2f} |" in row and res["checkerboard"]["parameters"] > res["gained"]["parameters"]
     with pytest.raises(SystemExit, match="--gained .*nope.pt: no such checkpoint"):
         checkerboard_report.main([*args[:2], "--gained", str(tmp_path / "nope.pt")])
+
+
+def test_peers_report_says_which_budget():
+    """The campaign's table names its widths, steps and run folders; the protocol's keeps its own."""
+    row = {"checkpoint": "x.pt", "model": "m", "parameters": 1, "weights_fp16_bytes": 1, "encode_s": 1.0,
+           "decode_s": 1.0, "bpp": 1.0}
+    result = {"quality": 4.0, "images": 1, "repeats": 1, "threads": 1, "cpu": "cpu", "torch": "t",
+              "rows": {"gained": row, "vbr": row, "single": row}}
+    campaign = peers_report.markdown(result, None, None, budget="campaign")
+    protocol = peers_report.markdown(result, None, None)
+    assert "N=64, M=192" in campaign and "15,000 steps after the 100,000-step shared start" in campaign
+    assert "--vbr runs/protocol/vbr-m192-from-36k/ckpt-0015000.pt" in campaign and "8,000" not in campaign
+    assert "N=64, M=96" in protocol and "8,000 steps after the 10,000-step shared start" in protocol
