@@ -121,6 +121,38 @@ def speed(net, plain, images, quality, repeats) -> Dict[str, Dict[str, List[floa
     return rows
 
 
+def stages(net, images, quality, repeats) -> Dict[str, float]:
+    """Mean over images of the median seconds of each stage of compress / decompress: where the time
+    goes. ``h_s exact`` is the fixed-point hyper path the coder runs (:mod:`gainedvae.exact`),
+    ``h_s float`` the float ``h_s`` it replaces (what CompressAI's model runs), timed beside it."""
+    q = net.scalar_quality(quality)
+    per: Dict[str, List[float]] = {}
+    with torch.inference_mode():
+        for x in images:
+            y = net.analysis(x) * net.gain.y(q)
+            z = net._hyper_analysis(y) * net.gain.z(q)
+            z_hat = net.entropy_bottleneck.decompress(net.entropy_bottleneck.compress(z), z.size()[-2:])
+            params = net._coding_params(z_hat, q)
+            y_strings = net._y_compress(y, params)
+            y_hat = net._y_decompress(y_strings, params)
+            runs = {
+                "g_a (analysis)": lambda: net.analysis(x),
+                "h_a and z coding": lambda: net.entropy_bottleneck.compress(net._hyper_analysis(y) * net.gain.z(q)),
+                "h_s exact (coded)": lambda: net._coding_params(z_hat, q),
+                "h_s float (not coded)": lambda: net.h_s(z_hat * net.gain.z_inv(q)),
+                "y encode (rANS)": lambda: net._y_compress(y, params),
+                "y decode (rANS)": lambda: net._y_decompress(y_strings, params),
+                "g_s (synthesis)": lambda: net._synthesis_transform(y_hat * net.gain.y_inv(q), z_hat * net.gain.z_inv(q)),
+            }
+            samples: Dict[str, List[float]] = {k: [] for k in runs}
+            for r in range(repeats):
+                for key in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                    samples[key].append(timed(runs[key]))
+            for key, values in samples.items():
+                per.setdefault(key, []).append(statistics.median(values))
+    return {k: statistics.mean(v) for k, v in per.items()}
+
+
 def bits(net, images, step=0.5):
     """Real stream bits vs the eval-mode likelihood estimate, per quality."""
     qualities = [1 + step * i for i in range(int(round((net.levels - 1) / step)) + 1)]
@@ -197,6 +229,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows = speed(net, plain, images, quality, args.repeats)
+    stage_s = stages(net, images, quality, args.repeats)
     bit_rows = bits(net, images)
     rc_rows = rate_control(net, images, max(1, args.repeats // 2))
 
@@ -227,6 +260,7 @@ def main(argv=None) -> int:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "speed_s": rows,
+        "stages_s": stage_s,
         "bits": bit_rows,
         "rate_control": rc_rows,
         "summary": summary,
@@ -242,6 +276,10 @@ def main(argv=None) -> int:
                        ("codec", "gainedvae.codec encode/decode")]:
         print(f"| {label} | {med(row, 'enc'):.4f} | {med(row, 'dec'):.4f} | "
               f"{med(row, 'enc') / med('plain', 'enc'):.3f} | {med(row, 'dec') / med('plain', 'dec'):.3f} |")
+    print(f"\n| stage, q={quality:g} | seconds per image |")
+    print("|---|---|")
+    for key, v in stage_s.items():
+        print(f"| {key} | {v:.4f} |")
     print("\n| quality | real bpp (streams) | estimated bpp | real / estimated | .gvae bpp |")
     print("|---|---|---|---|---|")
     for r in bit_rows:
