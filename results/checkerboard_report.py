@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gainedvae.checkpoint import atomic_write_bytes  # noqa: E402
-from results.peers_report import pct, read_json, time_models  # noqa: E402
+from results.peers_report import add_timing_args, pct, read_json, time_models  # noqa: E402
 
 
 def bd_against_mean_scale(bd: Optional[Dict]) -> Optional[Dict]:
@@ -72,11 +72,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkerboard", required=True, help="gained-mbt2018-checkerboard checkpoint")
     p.add_argument("--gained", required=True, help="gained-mbt2018-mean checkpoint of the same budget")
-    p.add_argument("-d", default=str(ROOT.parent / "shared" / "data" / "kodak"), help="image folder (default: %(default)s)")
-    p.add_argument("--max-images", type=int, default=8, help="images of -d timed (default: %(default)s)")
-    p.add_argument("-q", "--quality", type=float, default=4.0, help="quality timed (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats per image, interleaved (median) (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_timing_args(p, max_images=8)
     p.add_argument("--bd", type=Path, default=HERE / "checkerboard" / "bd.json",
                    help="BD-rates of results/evaluate.sh checkerboard (default: %(default)s)")
     p.add_argument("--budget", default="", help="one line on the training budget, printed under the title")

@@ -265,16 +265,22 @@ def markdown(result: Dict, bd: Optional[Dict], targets: Optional[Dict], bd_dir: 
     return "\n".join(out)
 
 
+def add_timing_args(p: argparse.ArgumentParser, max_images: int) -> None:
+    """The flags of :func:`time_models` (this script and ``results/checkerboard_report.py``)."""
+    p.add_argument("-d", default=str(ROOT.parent / "shared" / "data" / "kodak"), help="image folder (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=max_images, help="images of -d timed (default: %(default)s)")
+    p.add_argument("-q", "--quality", type=float, default=4.0,
+                   help="quality of the variable-rate models timed (4: lambda 0.013) (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats per image, interleaved (median) (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gained", default=str(DEFAULT_CHECKPOINT), help="gained checkpoint (default: the shipped model)")
     p.add_argument("--vbr", required=True, help="mbt2018-mean-vbr checkpoint")
     p.add_argument("--single", required=True, help="single-rate checkpoint at lambda 0.013 (timing, sizes)")
-    p.add_argument("-d", default=str(ROOT.parent / "shared" / "data" / "kodak"), help="image folder (default: %(default)s)")
-    p.add_argument("--max-images", type=int, default=4, help="images of -d timed (default: %(default)s)")
-    p.add_argument("-q", "--quality", type=float, default=4.0, help="quality of the variable-rate models timed (4: lambda 0.013) (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="timing repeats per image, interleaved (median) (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_timing_args(p, max_images=4)
     p.add_argument("--bd", type=Path, default=HERE / "kodak" / "peers" / "bd.json", help="BD-rates of results/evaluate.sh peers (default: %(default)s)")
     p.add_argument("--targets", type=Path, default=HERE / "kodak" / "rate-targets.json",
                    help="rate-target counts of benchmarks/rate_targets.py (default: %(default)s)")
