@@ -1,8 +1,9 @@
-"""The scripts behind results/kodak/peers.md: rate_targets.py and peers_report.py."""
+"""The report scripts behind results/: rate_targets, peers_report, level_gap, checkerboard_report, training_curves."""
 
 import json
 
 import pytest
+import torch
 
 import gainedvae
 from conftest import tiny_model
@@ -168,3 +169,24 @@ def test_peers_report_says_which_budget():
     assert "N=64, M=192" in campaign and "15,000 steps after the 100,000-step shared start" in campaign
     assert "--vbr runs/protocol/vbr-m192-from-36k/ckpt-0015000.pt" in campaign and "8,000" not in campaign
     assert "N=64, M=96" in protocol and "8,000 steps after the 10,000-step shared start" in protocol
+
+
+def test_training_curves_collects_the_recipe(tmp_path):
+    """--collect keeps each run's training configuration beside its logs; the budget table shows it."""
+    from results import training_curves
+
+    run = tmp_path / "runs" / "gained-m192-from-36k"
+    run.mkdir(parents=True)
+    (run / "train_log.jsonl").write_text('{"step": 100, "steps_per_s": 2.0}\n{"step": 200, "steps_per_s": 1.0}\n')
+    (run / "val_log.jsonl").write_text('{"step": 200, "level": 0, "bpp": 0.3, "psnr": 25.0}\n')
+    cfg = {"model": "gained-mbt2018-mean", "N": 64, "M": 192, "batch_size": 8, "patch_size": 128,
+           "level_sampling": "sample", "level_weights": [2.0, 0.5], "data": ["secret/path"]}
+    torch.save({"train_config": cfg, "state_dict": {}}, run / "ckpt-0000200.pt")
+    logs = tmp_path / "logs"
+    training_curves.collect(tmp_path / "runs", logs)
+    kept = json.loads((logs / run.name / "config.json").read_text())
+    assert kept["M"] == 192 and "data" not in kept  # the recipe, not the machine's paths
+    rows = training_curves.budget_rows(logs)
+    assert rows[0]["recipe"] == "gained-mbt2018-mean N=64 M=192, 8 x 128², levels per sample weighted"
+    assert rows[0]["step_hours"] == pytest.approx((50 + 100) / 3600)
+    assert "| gained-m192-from-36k | gained-mbt2018-mean N=64 M=192" in training_curves.budget_markdown(rows)
