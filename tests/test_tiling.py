@@ -52,7 +52,8 @@ def test_one_tile_is_passed_whole_and_bad_sizes_are_refused(backbone):
 
 def test_tiled_codec_decodes_the_same_pixels_as_untiled():
     """The shipped model with small forced tiles: same latents (to float rounding), and the
-    same file decodes to identical pixels tiled and untiled."""
+    same file decodes tiled as untiled to float rounding: 8-bit pixels within one level
+    (docs/format.md's guarantee; a value at a rounding boundary may flip), nearly all identical."""
     import gainedvae
     from gainedvae import codec
 
@@ -73,4 +74,6 @@ def test_tiled_codec_decodes_the_same_pixels_as_untiled():
             got = codec.decode(net, data)
     finally:
         net.analysis_tiling, net.synthesis_tiling = whole
-    assert (codec.tensor_to_image(got) == codec.tensor_to_image(ref)).all()
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    a, b = (codec.tensor_to_image(t).astype(int) for t in (got, ref))
+    assert abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
