@@ -147,9 +147,15 @@ msssim() {
 }
 # gained-scgain, fine-tuned from a finished gained model (GAINED=<its checkpoint>; default the gained
 # fine-tune of the same start)
+# On a fresh machine without that run, the shipped model is its weights (the float16 EMA export of
+# gained-m192-from-36k at step 15,000, shipped in session 5).
 scgain() {
   local src=${GAINED:-$RUNS/gained-$(tag)/ckpt-$(printf %07d ${STEPS:-15000}).pt}  # default: the gained fine-tune of the same start
-  finetune "scgain-$(basename "$(dirname "$src")")" "$src" -M 192 -m gained-scgain $LEVELS
+  local name="scgain-$(basename "$(dirname "$src")")"
+  if [ -z "${GAINED:-}" ] && [ ! -f "$src" ] && [ "$(tag)" = m192-from-36k ] && [ "${STEPS:-15000}" = 15000 ]; then
+    src=gainedvae/weights/gained-mbt2018-mean.pt
+  fi
+  finetune "$name" "$src" -M 192 -m gained-scgain $LEVELS
 }
 
 for s in "${@:-wide}"; do $s; done
