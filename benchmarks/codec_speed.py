@@ -94,6 +94,16 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def interleaved(runs: Dict, repeats: int) -> Dict:
+    """Median seconds of each callable in ``runs`` over ``repeats`` rounds, the order alternating."""
+    samples = {key: [] for key in runs}
+    order = list(runs)
+    for r in range(repeats):
+        for key in order if r % 2 == 0 else order[::-1]:
+            samples[key].append(timed(runs[key]))
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
 def speed(net, plain, images, quality, repeats) -> Dict[str, Dict[str, List[float]]]:
     """Median seconds per image for every (row, direction), interleaved."""
     rows = {"plain": {"enc": [], "dec": []}, "gained": {"enc": [], "dec": []}, "codec": {"enc": [], "dec": []}}
@@ -111,13 +121,8 @@ def speed(net, plain, images, quality, repeats) -> Dict[str, Dict[str, List[floa
                 ("gained", "dec"): lambda: net.decompress(enc_g["strings"], enc_g["shape"], quality),
                 ("codec", "dec"): lambda: codec.decode(net, data),
             }
-            samples = {key: [] for key in runs}
-            order = list(runs)
-            for r in range(repeats):
-                for key in order if r % 2 == 0 else order[::-1]:  # alternate the order
-                    samples[key].append(timed(runs[key]))
-            for (row, direction), values in samples.items():
-                rows[row][direction].append(statistics.median(values))
+            for (row, direction), median in interleaved(runs, repeats).items():
+                rows[row][direction].append(median)
     return rows
 
 
@@ -144,12 +149,8 @@ def stages(net, images, quality, repeats) -> Dict[str, float]:
                 "y decode (rANS)": lambda: net._y_decompress(y_strings, params),
                 "g_s (synthesis)": lambda: net._synthesis_transform(y_hat * net.gain.y_inv(q), z_hat * net.gain.z_inv(q)),
             }
-            samples: Dict[str, List[float]] = {k: [] for k in runs}
-            for r in range(repeats):
-                for key in list(runs) if r % 2 == 0 else list(runs)[::-1]:
-                    samples[key].append(timed(runs[key]))
-            for key, values in samples.items():
-                per.setdefault(key, []).append(statistics.median(values))
+            for key, median in interleaved(runs, repeats).items():
+                per.setdefault(key, []).append(median)
     return {k: statistics.mean(v) for k, v in per.items()}
 
 
