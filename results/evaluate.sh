@@ -22,9 +22,9 @@ have() {  # have RUN...: every run finished (its final checkpoint exists), else 
   local r; for r in "$@"; do [ -f "$(final "$r")" ] || { echo "== skipped: $(final "$r") missing" >&2; return 1; }; done
 }
 finished_singles() {  # single-<lambda>[-$TAG] with a DONE file
-  local d n; for d in "$RUNS"/single-*; do
-    n=$(basename "$d"); n=${n%${TAG:+-$TAG}}
-    [[ $n =~ ^single-[0-9.]+$ && -f "$d/DONE" && "$d" == "$RUNS/$n${TAG:+-$TAG}" ]] && final "$n"
+  local d n; for d in "$RUNS"/single-*${TAG:+-$TAG}; do
+    n=$(basename "${d%${TAG:+-$TAG}}")
+    [[ $n =~ ^single-[0-9.]+$ && -f "$d/DONE" ]] && final "$n"
   done; true
 }
 kodak() { $PY eval_gain.py -d "$DATA/kodak" --no-progress --cache "$RUNS/eval-cache.jsonl" "$@"; }
@@ -73,8 +73,8 @@ msssim() {
 # Issue 21.3: the spatial-channel model: uniform maps against the gained model (a), ROI at equal
 # file size (b), eval_gain.py --mode scgain's plots (c).
 scgain() {
-  local sc="$RUNS/scgain-gained-$TAG/ckpt-$(printf %07d $STEPS).pt"
-  [ -f "$sc" ] || { echo "== skipped: $sc missing" >&2; return 0; }
+  have scgain-gained || return 0
+  local sc; sc=$(final scgain-gained)
   $PY eval_gain.py --mode scgain --checkpoint "$sc" -d "$DATA/kodak" --step 1 --no-progress \
     --gain-checkpoint results/kodak/gained-mbt2018-mean.json --output-dir results/scgain
   $PY results/scgain_roi.py --checkpoint "$sc" -d "$DATA/kodak" --qualities 2 4 6 --picture --output-dir results/scgain
