@@ -146,15 +146,13 @@ msssim() {
       --patch-size 256 --batch-size 2 $LEVELS
 }
 # gained-scgain, fine-tuned from a finished gained model (GAINED=<its checkpoint>; default the gained
-# fine-tune of the same start)
-# On a fresh machine without that run, the shipped model is its weights (the float16 EMA export of
-# gained-m192-from-36k at step 15,000, shipped in session 5).
+# fine-tune of the same start). The shipped weights are the float16 EMA export of $SHIPPED_RUN (session
+# 5): on a fresh machine without that run's checkpoint, the default starts from them.
+SHIPPED_RUN=$RUNS/gained-m192-from-36k/ckpt-0015000.pt
 scgain() {
   local src=${GAINED:-$RUNS/gained-$(tag)/ckpt-$(printf %07d ${STEPS:-15000}).pt}  # default: the gained fine-tune of the same start
   local name="scgain-$(basename "$(dirname "$src")")"
-  if [ -z "${GAINED:-}" ] && [ ! -f "$src" ] && [ "$(tag)" = m192-from-36k ] && [ "${STEPS:-15000}" = 15000 ]; then
-    src=gainedvae/weights/gained-mbt2018-mean.pt
-  fi
+  if [ -z "${GAINED:-}" ] && [ "$src" = "$SHIPPED_RUN" ] && [ ! -f "$src" ]; then src=gainedvae/weights/gained-mbt2018-mean.pt; fi
   finetune "$name" "$src" -M 192 -m gained-scgain $LEVELS
 }
 
