@@ -37,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images of -d (default: all)")
     p.add_argument("--cache", default=None, metavar="FILE.jsonl",
                    help="keep measured rows here and reuse them on the next run (keyed by weights hash, image, quality)")
+    p.add_argument("--refine", type=int, default=0, metavar="STEPS",
+                   help="encoder-side latent refinement of the gained model's files, STEPS per image and quality "
+                        "(gainedvae.refine; baselines are coded plainly; default 0: none)")
     p.add_argument("--cuda", action="store_true", help="evaluate on the GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("--mode scgain (gained-scgain with quality maps; see docs/scgain.md)")
@@ -64,6 +67,8 @@ def run(args) -> int:
     out = Path(args.output_dir)
     if args.step <= 0:
         raise SystemExit("eval_gain.py: error: --step must be positive")
+    if args.refine < 0 or (args.refine and args.mode == "scgain"):
+        raise SystemExit("eval_gain.py: error: --refine takes STEPS >= 0 and works with --mode gain only")
     if args.dataset:
         images = ev.list_images(Path(args.dataset), args.max_images)
         source = f"{len(images)} images from {args.dataset}"
@@ -86,9 +91,12 @@ def run(args) -> int:
 
     net = load_gained(args, device)
     name = args.name or model_name(net)
-    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name, cache)
-    gained = ev.aggregate(rows, name, f"{ev.describe_model(net)}; real rANS bitstreams; {source}",
-                          {"lambdas": [float(v) for v in net.lambdas]} if getattr(net, "lambdas", None) else None)
+    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name, cache, args.refine)
+    refined = f"; latent refinement {args.refine} steps (gainedvae.refine)" if args.refine else ""
+    extra = {"lambdas": [float(v) for v in net.lambdas]} if getattr(net, "lambdas", None) else {}
+    if args.refine:
+        extra["refine_steps"] = args.refine
+    gained = ev.aggregate(rows, name, f"{ev.describe_model(net)}; real rANS bitstreams{refined}; {source}", extra or None)
     ev.write_json(gained, out / f"{name}.json")
     ev.write_csv(rows, out / f"{name}-per-image.csv")
 

@@ -25,17 +25,22 @@ import time
 from pathlib import Path
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="+", default=["3840x2160", "6000x4000"], help="WIDTHxHEIGHT of the test images")
-    p.add_argument("--source", default="../shared/data/kodak/kodim23.png", help="photograph upscaled to each size")
+def add_image_args(p: argparse.ArgumentParser, sizes) -> None:
+    """The flags of a per-image-size benchmark worker (this script's and ``benchmarks/refine.py``'s)."""
+    p.add_argument("--sizes", nargs="+", default=sizes, help="WIDTHxHEIGHT of the test images")
+    p.add_argument("--source", default="../shared/data/kodak/kodim23.png", help="photograph resized to each size")
     p.add_argument("--quality", type=float, default=4.0, help="quality to code at (default: %(default)s)")
     p.add_argument("--checkpoint", default=None, help="model (default: the shipped model)")
-    p.add_argument("--modes", nargs="+", default=["tiled", "untiled"], choices=("tiled", "untiled"),
-                   help="tiled: the models' default tiling; untiled: g_a / g_s / the fixed-point h_s on the whole image")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each worker (default: %(default)s)")
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--md", default=None, help="write the markdown table here")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_image_args(p, ["3840x2160", "6000x4000"])
+    p.add_argument("--modes", nargs="+", default=["tiled", "untiled"], choices=("tiled", "untiled"),
+                   help="tiled: the models' default tiling; untiled: g_a / g_s / the fixed-point h_s on the whole image")
     p.add_argument("--worker", nargs=4, metavar=("OP", "MODE", "IMAGE", "GVAE"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -106,13 +111,17 @@ def main(argv=None) -> int:
                     row = {"size": size, **run_worker(op, mode, image, gvae, args)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    table = markdown(rows)
+    write_outputs(args, rows, markdown(rows))
+    return 0
+
+
+def write_outputs(args, rows, table: str) -> None:
+    """Print ``table``; write it to ``--md`` and the rows to ``--json`` (with the threads and quality)."""
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "quality": args.quality, "rows": rows}, indent=1))
     if args.md:
         Path(args.md).write_text(table)
-    return 0
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ def _pack(identity: Tuple[str, str], shape: Sequence[int], quality: float, enc, 
     ).to_bytes()
 
 
-def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None) -> bytes:
+def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: int = 0) -> bytes:
     """Code one image at ``quality`` (float in ``[1, net.levels]``) into a ``.gvae`` file.
 
     Args:
@@ -230,10 +230,15 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None) -> bytes
         quality: the rate knob; 1 = lowest rate.
         qmap: optional spatial quality map for ``gained-scgain`` (tensor, number
             in ``[0, 1]`` or grayscale image path; sets flag bit 0).
+        refine: steps of encoder-side latent refinement (:mod:`gainedvae.refine`; 0: none).
+            The file decodes with the ordinary decoder; encoding takes ``refine`` forward and
+            backward passes of the synthesis (``benchmarks/refine.py``).
     """
     identity = model_identity(net)
     q = _check_quality(net, quality)
     kw = _qmap_kwargs(net, qmap)
+    if refine:
+        return _pack(identity, _shape(image), q, _refined(net, image, q, refine, kw))
     x = _prepare_uint8(net, image) if not kw else None  # a tiling model reads uint8 tiles
     if x is None:
         x = _prepare(net, image)
@@ -245,6 +250,46 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None) -> bytes
             raise CodecError(f"quality map: {err}") from None
         enc = net.compress_analysed(y, q, tuple(x.shape[-2:]))
     return _pack(identity, x.shape[-2:], q, enc, FLAG_QUALITY_MAP if kw else 0)
+
+
+def _shape(image: ImageLike) -> Tuple[int, int]:
+    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[-2:])
+
+
+def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):
+    """:func:`encode`'s streams with ``steps`` of :func:`gainedvae.refine.refine`."""
+    from .refine import refine
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise CodecError(f"refinement steps must be an integer >= 0, got {steps!r}")
+    if kw:
+        raise CodecError("latent refinement with a quality map is not supported (it would optimise plain MSE, "
+                         "not the map's weighting); encode without --refine or without the map")
+    x = _prepare(net, image)
+    check_refine_memory(*x.shape[-2:])
+    guard_entropy_coders(net)
+    try:
+        refined = refine(net, x, q, steps)
+    except NotImplementedError as err:  # a context model or the GMM conditional
+        raise CodecError(f"latent refinement needs a gained hyperprior model with a Gaussian conditional: {err}") from None
+    with torch.inference_mode():
+        return net.compress_latents(refined.y, refined.z, q, tuple(x.shape[-2:]))
+
+
+#: Peak memory of :func:`gainedvae.refine.refine` per (padded) image pixel with the shipped model
+#: (N = 64, M = 192, float32): ``benchmarks/refine.py`` measured 801 at 768x512, rounded up.
+REFINE_BYTES_PER_PIXEL = 1000
+
+
+def check_refine_memory(height: int, width: int) -> None:
+    """Refuse a refinement whose gradients would not fit (they need the whole image's graph)."""
+    need = padded_pixels(height, width) * REFINE_BYTES_PER_PIXEL
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise CodecError(
+            f"latent refinement of a {height}x{width} image needs about {gigabytes(need)} of memory, "
+            f"{gigabytes(have)} is available; encode it without refinement"
+        )
 
 
 # ---------------------------------------------------------------------------

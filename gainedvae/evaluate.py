@@ -179,6 +179,24 @@ def code(net: nn.Module, x: Tensor, quality: Optional[float]) -> Tuple[Tensor, i
     return coded.x_hat, coded.nbytes, est_bits, coded.encode_s, coded.decode_s
 
 
+def code_refined(net: nn.Module, x: Tensor, quality: float, steps: int) -> Tuple[Tensor, int, float, float, float]:
+    """:func:`code` with ``steps`` of encoder-side latent refinement (:func:`gainedvae.refine.refine`):
+    the encode time includes the refinement, the estimate is the refined latents' likelihoods."""
+    from .refine import refine
+
+    t0 = time.perf_counter()
+    refined = refine(net, x, quality, steps)
+    with torch.inference_mode():
+        enc = net.compress_latents(refined.y, refined.z, quality, tuple(x.shape[-2:]))
+        t1 = time.perf_counter()
+        x_hat = net.decompress(enc["strings"], enc["shape"], quality)["x_hat"]
+        t2 = time.perf_counter()
+        out = net.relaxed(refined.y, refined.z, net.scalar_quality(quality), torch.round)
+    est_bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
+    nbytes = sum(len(s) for group in enc["strings"] for s in group)
+    return x_hat, nbytes, est_bits, t1 - t0, t2 - t1
+
+
 def evaluate_model(
     net: nn.Module,
     images: Sequence[Path],
@@ -187,13 +205,15 @@ def evaluate_model(
     progress: bool = True,
     desc: str = "",
     cache: Optional[RowCache] = None,
+    refine: int = 0,
 ) -> List[Row]:
-    """Code every image at every quality; one :class:`Row` per pair (``cache``: see :class:`RowCache`)."""
+    """Code every image at every quality; one :class:`Row` per pair (``cache``: see :class:`RowCache`).
+    ``refine``: steps of encoder-side latent refinement (:func:`code_refined`; 0: the plain encoder)."""
     rows = []
     cache = cache or RowCache(None)
     model_key = getattr(net, "weights_hash", None)
     if model_key:  # the bits also depend on how gainedvae codes (scale table, ...): the container version
-        model_key = f"{model_key}|coding-v{FORMAT_VERSION}"
+        model_key = f"{model_key}|coding-v{FORMAT_VERSION}" + (f"|refine-{refine}" if refine else "")
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=desc or "evaluate", dynamic_ncols=True)
     for path in images:
         ref = x = None
@@ -205,7 +225,10 @@ def evaluate_model(
                     ref = read_image(path)
                     x = ref.float().div(255).to(device)
                 pixels = ref.shape[-2] * ref.shape[-1]
-                x_hat, nbytes, est_bits, t_enc, t_dec = code(net, x, None if math.isnan(q) else q)
+                if refine:
+                    x_hat, nbytes, est_bits, t_enc, t_dec = code_refined(net, x, q, refine)
+                else:
+                    x_hat, nbytes, est_bits, t_enc, t_dec = code(net, x, None if math.isnan(q) else q)
                 rec = to_uint8(x_hat.cpu())
                 row = Row(path.name, q, nbytes * 8 / pixels, est_bits / pixels, psnr(ref, rec),
                           ms_ssim(ref, rec), t_enc, t_dec)

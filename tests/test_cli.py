@@ -190,6 +190,9 @@ def test_pickled_code_checkpoint_is_refused(files, tmp_path, capsys):
         (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "-q", "2", "--bpp", "1"], "not allowed"),
         (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "--bpp", "-1"], "positive"),
         (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "-q", "abc"], "invalid float"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "--refine", "-2"], "expected steps >= 0, got -2"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "--refine", "x"], "expected a whole number of steps"),
+        (["compress", "{d}/img.png", "-o", "{t}/o.gvae", "-c", "{d}/tiny.pt", "--refine", "3", "--bpp", "1"], "--refine works with --quality"),
         (["compress", "{d}/img.png", "-c", "{d}/tiny.pt"], "required: -o"),
         (["compress", "{d}/img.png", "-o", "{d}", "-c", "{d}/tiny.pt"], "is a directory"),
         (["decompress", "{d}/missing.gvae", "-o", "{t}/o.png", "-c", "{d}/tiny.pt"], "does not exist"),
@@ -202,6 +205,15 @@ def test_usage_and_input_errors_are_one_line(files, tmp_path, capsys, argv, matc
     argv = [a.format(d=files, t=tmp_path) for a in argv]
     assert_one_line_error(*run(capsys, *argv), match=match)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refined_compress_decompresses_with_the_plain_decoder(files, tmp_path, capsys):
+    out, png = tmp_path / "r.gvae", tmp_path / "r.png"
+    rc, stdout, _ = run(capsys, "compress", files / "img.png", "-o", out, "-c", files / "tiny.pt", "-q", 2, "--refine", 3)
+    assert rc == 0 and stdout.strip().endswith("quality 2, refined 3 steps"), stdout
+    rc, _, _ = run(capsys, "decompress", out, "-o", png, "-c", files / "tiny.pt")
+    net = gainedvae.load_checkpoint(files / "tiny.pt")
+    assert rc == 0 and np.array_equal(np.asarray(Image.open(png)), codec.decode_image(net, out.read_bytes()))
 
 
 def test_missing_default_model_is_a_clear_error(files, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ latent shape, scale table and backbone loading are :class:`~gainedvae.models.rat
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -146,8 +146,7 @@ class GainedModel(RateModel, ABC):
         if q.dim() == 1 and q.numel() != x.size(0):
             raise ValueError(f"got {q.numel()} levels/qualities for a batch of {x.size(0)} images")
         h, w = x.shape[-2:]
-        y = self.analysis(x, **analysis_kwargs) * self.gain.y(q)
-        z = self._hyper_analysis(y) * self.gain.z(q)
+        y, z = self.gained_latents(self.analysis(x, **analysis_kwargs), q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         z_dec = z_hat * self.gain.z_inv(q)
         if self.training or torch.is_grad_enabled():
@@ -177,12 +176,51 @@ class GainedModel(RateModel, ABC):
         """:meth:`compress` from the output of :meth:`analysis` (rate control
         runs the analysis once and only this gain-dependent part per try)."""
         q = self.scalar_quality(quality)
+        return self.compress_latents(*self.gained_latents(y, q), q, shape)
+
+    def gained_latents(self, y: Tensor, q: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(y × G_y(q), h_a(y × G_y(q)) × G_z(q))`` from :meth:`analysis`'s ``y``: the two
+        latents the coder quantises (``q`` a quality tensor, scalar or per sample)."""
         y = y * self.gain.y(q)
-        z = self._hyper_analysis(y) * self.gain.z(q)
+        return y, self._hyper_analysis(y) * self.gain.z(q)
+
+    def compress_latents(self, y: Tensor, z: Tensor, quality: QualityLike, shape: Sequence[int]):
+        """:meth:`compress` of given gained latents ``y`` and ``z`` (:meth:`gained_latents`'s, or
+        refined ones, :mod:`gainedvae.refine`): ``z`` coded by the entropy bottleneck, ``y``
+        given the coding parameters of the decoded ``z_hat``, exactly as the decoder reads them."""
+        q = self.scalar_quality(quality)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
         y_strings = self._y_compress(y, self._coding_params(z_hat, q))
         return {"strings": [y_strings, z_strings], "shape": (int(shape[0]), int(shape[1]))}
+
+    def relaxed(self, y: Tensor, z: Tensor, q: Tensor, rounding: Callable[[Tensor], Tensor]):
+        """The coder's data flow from gained latents with ``rounding`` in place of ``round``:
+        differentiable in ``y`` and ``z`` when ``rounding`` is (:mod:`gainedvae.refine`).
+
+        ``z`` is rounded about the entropy bottleneck's medians and ``y`` about the coder's
+        offsets (:meth:`_y_relaxed`), as :meth:`compress_latents` rounds them; entropy
+        parameters from the float ``h_s``. Returns :meth:`forward`'s dict, ``x_hat`` of the
+        padded size.
+        """
+        eb = self.entropy_bottleneck
+        medians = eb._get_medians().detach().reshape(1, -1, 1, 1)
+        z_hat = rounding(z - medians) + medians
+        flat = z_hat.transpose(0, 1).reshape(z_hat.size(1), 1, -1)  # EntropyBottleneck's (C, 1, n) layout
+        z_likelihoods, _, _ = eb._likelihood(flat)
+        if eb.use_likelihood_bound:
+            z_likelihoods = eb.likelihood_lower_bound(z_likelihoods)
+        z_likelihoods = z_likelihoods.reshape(z_hat.size(1), z_hat.size(0), *z_hat.shape[2:]).transpose(0, 1)
+        z_dec = z_hat * self.gain.z_inv(q)
+        y_hat, y_likelihoods = self._y_relaxed(y, self.h_s(z_dec), rounding)
+        x_hat = self._synthesis_transform(y_hat * self.gain.y_inv(q), z_dec)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def _y_relaxed(self, y: Tensor, params: Tensor, rounding: Callable[[Tensor], Tensor]) -> Tuple[Tensor, Tensor]:
+        """``(y_hat, y_likelihoods)`` of :meth:`relaxed`: ``y`` quantised as :meth:`_y_compress`
+        does with ``rounding`` in place of ``round``. A family whose coder has no such form
+        (a context model: its parameters depend on the decoded neighbours) leaves this out."""
+        raise NotImplementedError(f"{type(self).__name__} has no relaxed coder (latent refinement)")
 
     def _decode_latents(self, strings, shape: Sequence[int], quality: QualityLike) -> Tuple[Tensor, Tensor]:
         """``(y_hat × IG_y(q), z_hat × IG_z(q))`` of :meth:`compress`'s ``strings``: the input of the synthesis."""

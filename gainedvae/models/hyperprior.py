@@ -90,6 +90,20 @@ class GainedHyperprior(GainedModel):
         scales_hat, means_hat = self._entropy_params(params)
         return self.gaussian_conditional(y, scales_hat, means=means_hat)
 
+    def _y_relaxed(self, y: Tensor, params: Tensor, rounding):
+        """``y`` rounded about the means (zero without) as CompressAI's ``compress`` does, with
+        ``rounding``; likelihoods of the conditional (bounded as in training). Not for the GMM,
+        whose coder rounds ``y`` itself against several means."""
+        gc = self.gaussian_conditional
+        if self.entropy_model == "gmm":
+            raise NotImplementedError("the GMM conditional has no relaxed coder (latent refinement)")
+        scales_hat, means_hat = self._entropy_params(params)
+        y_hat = rounding(y) if means_hat is None else rounding(y - means_hat) + means_hat
+        likelihoods = gc._likelihood(y_hat, scales_hat, means_hat)
+        if gc.use_likelihood_bound:
+            likelihoods = gc.likelihood_lower_bound(likelihoods)
+        return y_hat, likelihoods
+
     def _y_compress(self, y: Tensor, params: Tensor):
         scales_hat, means_hat = self._entropy_params(params)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)

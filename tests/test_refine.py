@@ -1,0 +1,126 @@
+"""Encoder-side latent refinement (gainedvae.refine): the formulae, and files that decode as any other."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_model
+from gainedvae import codec, load_checkpoint
+from gainedvae.codec import CodecError
+from gainedvae.refine import DECAY, WARMUP, level_lambda, refine, sga_round, temperature
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A 64x96 'photo': smooth gradients, edges and texture (refinement has something to fix)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:96] / 64.0
+    base = np.stack([0.5 + 0.4 * np.sin(3 * xx), 0.3 + 0.5 * yy, 0.6 - 0.3 * xx * yy], -1)
+    base[20:40, 30:60] = [0.9, 0.2, 0.1]
+    base += 0.04 * rng.standard_normal(base.shape)
+    return (255 * np.clip(base, 0, 1)).round().astype(np.uint8)
+
+
+def rd_loss(net, image, data):
+    """The trained loss of a real file: bits per pixel + lambda(q) * 255^2 * MSE of its 8-bit pixels."""
+    q = codec.Container.from_bytes(data).quality
+    x_hat = codec.decode_image(net, data).astype(np.float64)
+    mse = np.mean((x_hat - image) ** 2) / 255.0**2
+    return len(data) * 8 / (image.shape[0] * image.shape[1]) + level_lambda(net.lambdas, q) * 255.0**2 * mse
+
+
+def test_level_lambda_is_the_gains_log_linear_interpolation():
+    lambdas = (0.0018, 0.0035, 0.0067)
+    assert [level_lambda(lambdas, q) for q in (1, 2, 3)] == pytest.approx(list(lambdas), rel=1e-12)
+    assert level_lambda(lambdas, 1.5) == pytest.approx(math.sqrt(0.0018 * 0.0035))
+    assert level_lambda(lambdas, 2.25) == pytest.approx(0.0035**0.75 * 0.0067**0.25)
+    with pytest.raises(ValueError, match=r"quality 3.5 is outside \[1, 3\]"):
+        level_lambda(lambdas, 3.5)
+
+
+def test_temperature_schedule():
+    steps = 100
+    assert temperature(0, steps) == temperature(int(WARMUP * steps), steps) == 0.5
+    taus = [temperature(i, steps) for i in range(steps + 1)]
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+    assert taus[-1] == pytest.approx(0.5 * math.exp(-DECAY))
+
+
+def test_sga_round_stays_between_the_neighbours_and_rounds_when_cold():
+    g = torch.Generator().manual_seed(0)
+    v = torch.linspace(-3, 3, 1001, dtype=torch.float64).requires_grad_(True)
+    warm = sga_round(v, 0.5, g)
+    assert ((warm >= torch.floor(v) - 1e-9) & (warm <= torch.ceil(v) + 1e-9)).all()
+    warm.sum().backward()
+    assert v.grad.abs().sum() > 0  # differentiable
+    cold = sga_round(v.detach(), 1e-3, g)
+    far = (v.detach() - torch.round(v.detach())).abs() < 0.4  # away from the .5 ties
+    assert torch.allclose(cold[far], torch.round(v.detach())[far], atol=1e-6)
+
+
+def test_refined_file_decodes_with_the_plain_decoder_and_lowers_the_real_loss(shipped, photo):
+    for q in (2.0, 6.5):
+        plain = codec.encode(shipped, photo, q)
+        refined = codec.encode(shipped, photo, q, refine=20)
+        assert refined != plain
+        header = codec.Container.from_bytes(refined)
+        assert (header.height, header.width, header.quality) == (64, 96, q)
+        assert rd_loss(shipped, photo, refined) < rd_loss(shipped, photo, plain)
+
+
+def test_refinement_is_deterministic_and_zero_steps_is_the_plain_encoder(shipped, photo):
+    assert codec.encode(shipped, photo, 3.0, refine=5) == codec.encode(shipped, photo, 3.0, refine=5)
+    assert codec.encode(shipped, photo, 3.0, refine=0) == codec.encode(shipped, photo, 3.0)
+
+
+def test_refine_never_returns_worse_latents(shipped, photo):
+    x = torch.from_numpy(photo).permute(2, 0, 1).unsqueeze(0).float() / 255
+    bad = refine(shipped, x, 4.0, steps=3, lr=50.0)  # a step size that wrecks the latents
+    assert bad.loss_after > bad.loss_before and not bad.kept
+    y0, z0 = shipped.gained_latents(shipped.analysis(x), shipped.scalar_quality(4.0))
+    assert torch.equal(bad.y, y0) and torch.equal(bad.z, z0)
+    assert all(p.requires_grad for p in shipped.parameters())  # the weights are left as they were
+
+
+def test_refinement_errors(shipped, photo):
+    with pytest.raises(CodecError, match=r"refinement steps must be an integer >= 0, got -1"):
+        codec.encode(shipped, photo, 2.0, refine=-1)
+    with pytest.raises(CodecError, match="with a quality map is not supported"):
+        codec.encode(tiny_model("gained-scgain"), photo, 2.0, qmap=0.7, refine=2)
+    with pytest.raises(CodecError, match="needs a gained hyperprior model.*GainedJointAutoregressive has no relaxed coder"):
+        codec.encode(tiny_model("gained-mbt2018"), photo, 2.0, refine=2)
+    with pytest.raises(ValueError, match=r"takes one image \(1, 3, H, W\), got shape \(2, 3, 8, 8\)"):
+        refine(shipped, torch.zeros(2, 3, 8, 8), 2.0, steps=1)
+
+
+def test_refinement_refuses_an_image_whose_gradients_do_not_fit(monkeypatch):
+    monkeypatch.setattr(codec, "available_memory_bytes", lambda: 10**9)
+    with pytest.raises(CodecError, match=r"refinement of a 4000x6000 image needs about 24.3 GB of memory, 1.0 GB is available"):
+        codec.check_refine_memory(4000, 6000)
+    codec.check_refine_memory(512, 768)
+
+
+def test_evaluation_codes_the_refined_files(shipped, photo, tmp_path):
+    from PIL import Image
+
+    from gainedvae import evaluate as ev
+    from gainedvae.imageio import psnr_8bit
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(path)
+    cache = ev.RowCache(tmp_path / "cache.jsonl")
+    plain, = ev.evaluate_model(shipped, [path], [3.0], progress=False, cache=cache)
+    refined, = ev.evaluate_model(shipped, [path], [3.0], progress=False, cache=cache, refine=4)
+    data = codec.encode(shipped, photo, 3.0, refine=4)
+    streams = sum(map(len, codec.Container.from_bytes(data).streams))
+    assert refined.bpp == streams * 8 / photo[..., 0].size  # the file's streams, not the plain encoder's
+    assert refined.psnr == pytest.approx(psnr_8bit(photo, codec.decode_image(shipped, data)), abs=1e-9)
+    assert (refined.bpp, refined.psnr) != (plain.bpp, plain.psnr)
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 2  # the refinement is part of the key
