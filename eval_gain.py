@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--refine", type=int, default=0, metavar="STEPS",
                    help="encoder-side latent refinement of the gained model's files, STEPS per image and quality "
                         "(gainedvae.refine; baselines are coded plainly; default 0: none)")
+    p.add_argument("--refine-compile", action="store_true",
+                   help="run the refinement's g_s / h_s through torch.compile (about 1.8x faster steps; "
+                        "about 25 s to compile per image shape)")
     p.add_argument("--cuda", action="store_true", help="evaluate on the GPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("--mode scgain (gained-scgain with quality maps; see docs/scgain.md)")
@@ -91,7 +94,8 @@ def run(args) -> int:
 
     net = load_gained(args, device)
     name = args.name or model_name(net)
-    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name, cache, args.refine)
+    rows = ev.evaluate_model(net, images, ev.qualities_for(net, args.step), device, progress, name, cache, args.refine,
+                             args.refine_compile)
     refined = f"; latent refinement {args.refine} steps (gainedvae.refine)" if args.refine else ""
     extra = {"lambdas": [float(v) for v in net.lambdas]} if getattr(net, "lambdas", None) else {}
     if args.refine:

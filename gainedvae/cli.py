@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a number in [0, 1]")
     p.add_argument("--refine", type=_steps, default=0, metavar="STEPS",
                    help="slower, smaller files: optimise each image's latents for STEPS steps before coding "
-                        "(about 0.5 s a step per 0.4 MP on one core; 40 is a good choice; same decoder; "
-                        "with --quality only; default 0: off)")
+                        "(about 0.9 s a step for a 768x512 image on one core; 60 steps saved 10 %% of the bits on Kodak; "
+                        "same decoder; with --quality only; default 0: off)")
     p.add_argument("-c", "--checkpoint", help="model checkpoint (default: the shipped model)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite an existing output (per file)")
     _add_max_pixels(p, "refuse larger input images (checked in the image header before decoding pixels)")

@@ -34,8 +34,10 @@ gradients need the whole graph), see ``benchmarks/refine.py`` for time and memor
 from __future__ import annotations
 
 import math
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +82,31 @@ def sga_round(v: Tensor, tau: float, generator: Optional[torch.Generator] = None
     return down + up
 
 
+#: ``torch.compile`` d ``g_s`` and ``h_s`` per model, kept across calls (compiling costs about 25 s a shape).
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def _compiled_transforms(net: nn.Module, enabled: bool) -> Iterator[None]:
+    """Run ``net``'s ``g_s`` and ``h_s`` through ``torch.compile`` inside the block (1.8x faster
+    forward and backward of ``g_s`` on a 768x512 image, one CPU thread); the model's own modules
+    are put back on exit, so its state dict and other callers never see the compiled ones."""
+    if not enabled:
+        yield
+        return
+    compiled = _COMPILED.setdefault(net, {})
+    saved = {name: getattr(net, name) for name in ("g_s", "h_s")}
+    try:
+        for name, module in saved.items():
+            if name not in compiled:
+                compiled[name] = torch.compile(module)
+            setattr(net, name, compiled[name])
+        yield
+    finally:
+        for name, module in saved.items():
+            setattr(net, name, module)
+
+
 def _hard_round(v: Tensor) -> Tensor:
     return torch.round(v)
 
@@ -104,6 +131,19 @@ def _loss(net: nn.Module, x: Tensor, y: Tensor, z: Tensor, q: Tensor, lmbda: flo
     return -bits / (h * w) + lmbda * 255.0**2 * mse
 
 
+def _descend(net, x, y, z, q, lmbda, steps, lr, tau0, generator, progress) -> None:
+    """``steps`` Adam steps on ``y`` and ``z`` (in place) with SGA rounding at :func:`temperature`."""
+    opt = torch.optim.Adam([y, z], lr=lr)
+    for step in range(steps):
+        tau = temperature(step, steps, tau0)
+        loss = _loss(net, x, y, z, q, lmbda, lambda v: sga_round(v, tau, generator))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(step, float(loss))
+
+
 def refine(
     net: nn.Module,
     x: Tensor,
@@ -113,6 +153,7 @@ def refine(
     tau0: float = 0.5,
     seed: int = 0,
     progress: Optional[Callable[[int, float], None]] = None,
+    compile: bool = False,
 ) -> Refined:
     """Refined gained latents of one image ``x`` (``(1, 3, H, W)`` float in ``[0, 1]``) at ``quality``.
 
@@ -123,6 +164,8 @@ def refine(
         tau0: SGA's initial temperature.
         seed: seed of the Gumbel noise (the same inputs give the same file on one machine).
         progress: called as ``progress(step, loss)`` after each step.
+        compile: run the optimisation's ``g_s`` and ``h_s`` through ``torch.compile`` (worth it
+            for many images or steps: the first call per image shape compiles for about 25 s).
     """
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, got {steps}")
@@ -142,15 +185,8 @@ def refine(
         p.requires_grad_(False)  # gradients for the latents only
     generator = torch.Generator(device=x.device).manual_seed(seed)
     try:
-        opt = torch.optim.Adam([y, z], lr=lr)
-        for step in range(steps):
-            tau = temperature(step, steps, tau0)
-            loss = _loss(net, x, y, z, q, lmbda, lambda v: sga_round(v, tau, generator))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if progress is not None:
-                progress(step, float(loss))
+        with _compiled_transforms(net, compile):
+            _descend(net, x, y, z, q, lmbda, steps, lr, tau0, generator, progress)
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -21,8 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gainedvae"
 LAYERS = {
     # 0: leaves, no gainedvae imports
     "container": 0, "atomic": 0, "gain": 0, "exact": 0, "tiling": 0, "qmap": 0, "metrics": 0, "bd": 0, "ema": 0,
-    # 1: rANS guards, image I/O, the rate-control search
-    "rans": 1, "imageio": 1, "ratecontrol": 1,
+    # 1: rANS guards, image I/O, the rate-control search, latent refinement (model-free: duck-typed net)
+    "rans": 1, "imageio": 1, "ratecontrol": 1, "refine": 1,
     # 2: entropy models; 3: models; 4: checkpoints; 5: the codec, widening a trained model
     "entropy": 2, "models": 3, "checkpoint": 4, "codec": 5, "widen": 5,
     # 6-8: training data, training, evaluation and reports; 9: the command line

@@ -124,3 +124,13 @@ def test_evaluation_codes_the_refined_files(shipped, photo, tmp_path):
     assert refined.psnr == pytest.approx(psnr_8bit(photo, codec.decode_image(shipped, data)), abs=1e-9)
     assert (refined.bpp, refined.psnr) != (plain.bpp, plain.psnr)
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 2  # the refinement is part of the key
+
+
+@pytest.mark.slow
+def test_compiled_refinement_matches_the_eager_loss_and_restores_the_model(shipped, photo):
+    x = torch.from_numpy(photo).permute(2, 0, 1).unsqueeze(0).float() / 255
+    keys = list(shipped.state_dict())
+    eager = refine(shipped, x, 5.0, steps=6)
+    compiled = refine(shipped, x, 5.0, steps=6, compile=True)
+    assert compiled.loss_after == pytest.approx(eager.loss_after, rel=2e-3)
+    assert list(shipped.state_dict()) == keys and type(shipped.g_s).__name__ == "Sequential"
