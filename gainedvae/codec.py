@@ -238,7 +238,8 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: 
     q = _check_quality(net, quality)
     kw = _qmap_kwargs(net, qmap)
     if refine:
-        return _pack(identity, _shape(image), q, _refined(net, image, q, refine, kw))
+        enc = _refined(net, image, q, refine, kw)
+        return _pack(identity, enc["shape"], q, enc)
     x = _prepare_uint8(net, image) if not kw else None  # a tiling model reads uint8 tiles
     if x is None:
         x = _prepare(net, image)
@@ -250,10 +251,6 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: 
             raise CodecError(f"quality map: {err}") from None
         enc = net.compress_analysed(y, q, tuple(x.shape[-2:]))
     return _pack(identity, x.shape[-2:], q, enc, FLAG_QUALITY_MAP if kw else 0)
-
-
-def _shape(image: ImageLike) -> Tuple[int, int]:
-    return tuple(image.shape[:2]) if isinstance(image, np.ndarray) else tuple(image.shape[-2:])
 
 
 def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):

@@ -30,7 +30,7 @@ from .container import FORMAT_VERSION
 from .imageio import load_image
 from .data import IMAGE_EXTENSIONS
 from .metrics import ms_ssim, ms_ssim_db, psnr, to_uint8
-from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, rate_model
+from .models import DEFAULT_LAMBDAS, is_variable_rate, model_name, rate_model, stream_bytes
 from .models import code as code_image
 
 
@@ -192,10 +192,7 @@ def code_refined(net: nn.Module, x: Tensor, quality: float, steps: int,
         t1 = time.perf_counter()
         x_hat = net.decompress(enc["strings"], enc["shape"], quality)["x_hat"]
         t2 = time.perf_counter()
-        out = net.relaxed(refined.y, refined.z, net.scalar_quality(quality), torch.round)
-    est_bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
-    nbytes = sum(len(s) for group in enc["strings"] for s in group)
-    return x_hat, nbytes, est_bits, t1 - t0, t2 - t1
+    return x_hat, stream_bytes(enc["strings"]), refined.bits, t1 - t0, t2 - t1
 
 
 def evaluate_model(
@@ -216,7 +213,9 @@ def evaluate_model(
     cache = cache or RowCache(None)
     model_key = getattr(net, "weights_hash", None)
     if model_key:  # the bits also depend on how gainedvae codes (scale table, ...): the container version
-        model_key = f"{model_key}|coding-v{FORMAT_VERSION}" + (f"|refine-{refine}" if refine else "") + ("-compiled" if refine and refine_compile else "")
+        model_key = f"{model_key}|coding-v{FORMAT_VERSION}"
+        if refine:  # refined files are other files (compiled transforms: the same loss, other bits)
+            model_key += f"|refine-{refine}" + ("-compiled" if refine_compile else "")
     bar = tqdm(total=len(images) * len(qualities), disable=not progress, desc=desc or "evaluate", dynamic_ncols=True)
     for path in images:
         ref = x = None

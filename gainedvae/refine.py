@@ -37,7 +37,7 @@ import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -107,28 +107,28 @@ def _compiled_transforms(net: nn.Module, enabled: bool) -> Iterator[None]:
             setattr(net, name, module)
 
 
-def _hard_round(v: Tensor) -> Tensor:
-    return torch.round(v)
-
-
 @dataclass(frozen=True)
 class Refined:
     """Latents from :func:`refine`: ``y``, ``z`` (gained, ready for ``compress_latents``), the
-    loss ``L`` with true rounding before and after, and whether the refined latents were kept."""
+    loss ``L`` with true rounding before and after, whether the refined latents were kept, and
+    the estimated bits of the returned latents (their likelihoods with true rounding)."""
 
     y: Tensor
     z: Tensor
     loss_before: float
     loss_after: float
     kept: bool
+    bits: float
 
 
-def _loss(net: nn.Module, x: Tensor, y: Tensor, z: Tensor, q: Tensor, lmbda: float, rounding: Callable) -> Tensor:
+def _loss(net: nn.Module, x: Tensor, y: Tensor, z: Tensor, q: Tensor, lmbda: float,
+          rounding: Callable) -> Tuple[Tensor, Tensor]:
+    """``(L, bits)``: the module docstring's loss and the estimated bits it counts."""
     h, w = x.shape[-2:]
     out = net.relaxed(y, z, q, rounding)
-    bits = sum(torch.log2(lik).sum() for lik in out["likelihoods"].values())
+    bits = -sum(torch.log2(lik).sum() for lik in out["likelihoods"].values())
     mse = torch.mean((out["x_hat"][..., :h, :w] - x) ** 2)
-    return -bits / (h * w) + lmbda * 255.0**2 * mse
+    return bits / (h * w) + lmbda * 255.0**2 * mse, bits
 
 
 def _descend(net, x, y, z, q, lmbda, steps, lr, tau0, generator, progress) -> None:
@@ -136,7 +136,7 @@ def _descend(net, x, y, z, q, lmbda, steps, lr, tau0, generator, progress) -> No
     opt = torch.optim.Adam([y, z], lr=lr)
     for step in range(steps):
         tau = temperature(step, steps, tau0)
-        loss = _loss(net, x, y, z, q, lmbda, lambda v: sga_round(v, tau, generator))
+        loss, _ = _loss(net, x, y, z, q, lmbda, lambda v: sga_round(v, tau, generator))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -175,9 +175,9 @@ def refine(
     lmbda = level_lambda(net.lambdas, float(q))
     with torch.no_grad():
         y0, z0 = net.gained_latents(net.analysis(x), q)
-        before = float(_loss(net, x, y0, z0, q, lmbda, _hard_round))
+        before, bits_before = map(float, _loss(net, x, y0, z0, q, lmbda, torch.round))
     if steps == 0:
-        return Refined(y0, z0, before, before, False)
+        return Refined(y0, z0, before, before, False, bits_before)
     y = y0.clone().requires_grad_(True)
     z = z0.clone().requires_grad_(True)
     frozen = [p for p in net.parameters() if p.requires_grad]
@@ -192,7 +192,7 @@ def refine(
             p.requires_grad_(True)
     y, z = y.detach(), z.detach()
     with torch.no_grad():
-        after = float(_loss(net, x, y, z, q, lmbda, _hard_round))
+        after, bits_after = map(float, _loss(net, x, y, z, q, lmbda, torch.round))
     if after < before:
-        return Refined(y, z, before, after, True)
-    return Refined(y0, z0, before, after, False)
+        return Refined(y, z, before, after, True, bits_after)
+    return Refined(y0, z0, before, after, False, bits_before)
