@@ -35,6 +35,8 @@ at ``q`` -> ``[y, z]`` streams -> :class:`Container` bytes. Decode: bytes ->
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from typing import Callable, Optional, Sequence, Tuple, Union
@@ -257,11 +259,7 @@ def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):
     """:func:`encode`'s streams with ``steps`` of :func:`gainedvae.refine.refine`."""
     from .refine import refine
 
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise CodecError(f"refinement steps must be an integer >= 0, got {steps!r}")
-    if kw:
-        raise CodecError("latent refinement with a quality map is not supported (it would optimise plain MSE, "
-                         "not the map's weighting); encode without --refine or without the map")
+    _check_refine(steps, kw)
     x = _prepare(net, image)
     check_refine_memory(*x.shape[-2:])
     guard_entropy_coders(net)
@@ -271,6 +269,14 @@ def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):
         raise CodecError(f"latent refinement needs a gained hyperprior model with a Gaussian conditional: {err}") from None
     with torch.inference_mode():
         return net.compress_latents(refined.y, refined.z, q, tuple(x.shape[-2:]))
+
+
+def _check_refine(steps, kw: dict) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise CodecError(f"refinement steps must be an integer >= 0, got {steps!r}")
+    if kw:
+        raise CodecError("latent refinement with a quality map is not supported (it would optimise plain MSE, "
+                         "not the map's weighting); encode without --refine or without the map")
 
 
 #: Peak memory of :func:`gainedvae.refine.refine` per (padded) image pixel with the shipped model
@@ -421,16 +427,30 @@ def decode_image(net: nn.Module, data: Union[bytes, Container], max_pixels: Opti
 
 
 def _rate_control(
-    net: nn.Module, image: ImageLike, metric: str, target: float, tol: float, max_iter: int, qmap=None
+    net: nn.Module, image: ImageLike, metric: str, target: float, tol: float, max_iter: int, qmap=None,
+    refine: int = 0,
 ) -> RateControlResult:
     start = time.perf_counter()
     check_target(metric, target, tol)
     identity = model_identity(net)
     x = _prepare(net, image)
     kw = _qmap_kwargs(net, qmap)
+    if refine:
+        _check_refine(refine, kw)
     guard_entropy_coders(net)
     shape = tuple(x.shape[-2:])
     pixels = shape[0] * shape[1]
+
+    def trial(q: float, enc: dict) -> Trial:
+        data = _pack(identity, shape, q, enc, FLAG_QUALITY_MAP if kw else 0)
+        bpp = len(data) * 8 / pixels
+        psnr = None
+        if metric == "psnr":
+            with torch.inference_mode():
+                x_hat = net.decompress(enc["strings"], enc["shape"], q)["x_hat"]
+            psnr = psnr_8bit(x, x_hat)
+        return Trial(q, data, bpp, psnr, bpp if metric == "bpp" else min(psnr, 200.0))
+
     with torch.inference_mode():
         try:
             y = net.analysis(x, **kw)  # the quality-independent transform, once
@@ -438,20 +458,40 @@ def _rate_control(
             raise CodecError(f"quality map: {err}") from None
 
         def evaluate(q: float) -> Trial:
-            enc = net.compress_analysed(y, q, shape)
-            data = _pack(identity, shape, q, enc, FLAG_QUALITY_MAP if kw else 0)
-            bpp = len(data) * 8 / pixels
-            psnr = None
-            if metric == "psnr":
-                x_hat = net.decompress(enc["strings"], enc["shape"], q)["x_hat"]
-                psnr = psnr_8bit(x, x_hat)
-            return Trial(q, data, bpp, psnr, bpp if metric == "bpp" else min(psnr, 200.0))
+            return trial(q, net.compress_analysed(y, q, shape))
 
-        return control(evaluate, net.levels, net.lambdas, metric, float(target), tol, max_iter, started=start)
+        plain = control(evaluate, net.levels, net.lambdas, metric, float(target), tol, max_iter, started=start)
+        if not refine:
+            return plain
+        slope, probes = _local_slope(evaluate, plain, net.levels)
+    refined = control(lambda q: trial(q, _refined(net, x, q, refine, kw)), net.levels, net.lambdas, metric,
+                      float(target), tol, min(max_iter, REFINED_TRIALS), started=start, start=plain.quality,
+                      slope=slope)
+    return dataclasses.replace(refined, iterations=plain.iterations + probes + refined.iterations,
+                               refine=refine, refined=refined.iterations)
+
+
+#: At most this many refined trial codings in rate control with refinement (each costs ``refine``
+#: steps); the search starts at the plain encoder's answer, so two usually suffice.
+REFINED_TRIALS = 4
+
+
+def _local_slope(evaluate: Callable[[float], Trial], plain: RateControlResult, levels: int) -> Tuple[Optional[float], int]:
+    """``(slope, trials)``: d(log bpp)/dq (dB/q for PSNR) of the plain encoder half a quality
+    step from ``plain``'s quality (None where it does not increase); ``trials`` is 1."""
+    q0 = plain.quality
+    q1 = q0 - 0.5 if q0 - 0.5 >= 1 else min(q0 + 0.5, float(levels))
+    if q1 == q0:
+        return None, 0
+    value = (lambda t: math.log(t.bpp)) if plain.metric == "bpp" else (lambda t: min(t.psnr, 200.0))
+    here = math.log(plain.bpp) if plain.metric == "bpp" else min(plain.psnr, 200.0)
+    slope = (value(evaluate(q1)) - here) / (q1 - q0)
+    return (slope if math.isfinite(slope) and slope > 0 else None), 1
 
 
 def encode_to_bpp(
-    net: nn.Module, image: ImageLike, target_bpp: float, tol: float = 0.02, max_iter: int = 30, qmap=None
+    net: nn.Module, image: ImageLike, target_bpp: float, tol: float = 0.02, max_iter: int = 30, qmap=None,
+    refine: int = 0,
 ) -> RateControlResult:
     """Encode at the quality whose file size is within ``tol`` (relative) of
     ``target_bpp`` (bits of the whole ``.gvae`` file per pixel).
@@ -460,12 +500,18 @@ def encode_to_bpp(
     ``net.compress_analysed`` at a trial quality. A target below the rate of
     quality 1 (above that of quality ``L``) gives quality 1 (``L``) with
     ``clamped=True``.
+
+    ``refine``: steps of latent refinement (as :func:`encode`) for the file
+    written. The plain encoder's search comes first; a second search starts at
+    its quality, with its local slope, and refines every trial (at most
+    :data:`REFINED_TRIALS`, each ``refine`` steps; ``result.refined`` counts them).
     """
-    return _rate_control(net, image, "bpp", target_bpp, tol, max_iter, qmap)
+    return _rate_control(net, image, "bpp", target_bpp, tol, max_iter, qmap, refine)
 
 
 def encode_to_psnr(
-    net: nn.Module, image: ImageLike, target_psnr: float, tol: float = 0.1, max_iter: int = 30, qmap=None
+    net: nn.Module, image: ImageLike, target_psnr: float, tol: float = 0.1, max_iter: int = 30, qmap=None,
+    refine: int = 0,
 ) -> RateControlResult:
     """Encode at the quality whose 8-bit reconstruction PSNR is within ``tol``
     dB of ``target_psnr``.
@@ -473,4 +519,4 @@ def encode_to_psnr(
     As :func:`encode_to_bpp`, but each iteration also decodes the trial
     streams to measure the PSNR of the rounded reconstruction.
     """
-    return _rate_control(net, image, "psnr", target_psnr, tol, max_iter, qmap)
+    return _rate_control(net, image, "psnr", target_psnr, tol, max_iter, qmap, refine)

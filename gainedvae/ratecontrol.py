@@ -36,7 +36,9 @@ class RateControlResult:
     calls); ``clamped`` is True when the target lies outside what the model
     reaches and the result is the end of the quality range; ``converged`` is
     False when the tolerance could not be met inside the range (a jump in
-    rate), the result is then the closest trial.
+    rate), the result is then the closest trial. With refinement, ``refine``
+    is its steps and ``refined`` how many of the ``iterations`` were refined
+    codings (the slow ones).
     """
 
     data: bytes
@@ -49,6 +51,8 @@ class RateControlResult:
     seconds: float
     clamped: bool
     converged: bool
+    refine: int = 0
+    refined: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -63,7 +67,8 @@ class RateControlResult:
             state = f"target {self.target:g} {unit} not met within tolerance, closest quality {self.quality:.4f}"
         else:
             state = f"target {self.target:g} {unit} reached at quality {self.quality:.4f}"
-        return f"{self.nbytes} bytes, {got}; {state} ({self.iterations} iterations, {self.seconds:.2f} s)"
+        refined = f", {self.refined} refined {self.refine} steps" if self.refine else ""
+        return f"{self.nbytes} bytes, {got}; {state} ({self.iterations} iterations{refined}, {self.seconds:.2f} s)"
 
 
 
@@ -87,6 +92,7 @@ def search(
     accept: Callable[[float], bool],
     slope: float,
     max_iter: int,
+    start: Optional[float] = None,
 ) -> Tuple[Trial, int, bool, bool]:
     """Find ``q`` in ``[1, levels]`` with ``accept(value(q))`` for a value that
     increases with ``q``: bisection on a bracket, accelerated by interpolation.
@@ -101,6 +107,7 @@ def search(
     last two trials the next one is the midpoint, so the search is never
     slower than every other step of a bisection.
 
+    The first trial is at ``start`` (default: the middle of the range).
     Returns ``(trial, iterations, clamped, converged)``.
     """
     lo, hi = 1.0, float(levels)
@@ -110,7 +117,7 @@ def search(
     trials: List[Tuple[float, float, Trial]] = []
     widths: List[float] = []  # bracket width after every trial
     cache = {}
-    q = (1.0 + levels) / 2.0
+    q = (1.0 + levels) / 2.0 if start is None else min(max(float(start), 1.0), float(levels))
     for _ in range(max_iter):
         if q in cache:
             break
@@ -193,21 +200,26 @@ def control(
     tol: float,
     max_iter: int,
     started: Optional[float] = None,
+    start: Optional[float] = None,
+    slope: Optional[float] = None,
 ) -> RateControlResult:
     """Search the quality for ``target`` (``metric`` ``"bpp"`` or ``"psnr"``) with :func:`search`.
 
     ``started``: the ``time.perf_counter()`` the work began at (the result's
-    ``seconds`` count from it; default: now).
+    ``seconds`` count from it; default: now). ``start``: the first trial
+    quality (default: the middle); ``slope``: the first step's estimate of
+    d(log bpp)/dq (dB/q for PSNR; default: from the lambdas).
     """
-    start = time.perf_counter() if started is None else started
-    step = mean_log_lambda_step(lambdas)
+    began = time.perf_counter() if started is None else started
+    if slope is None:
+        slope = (0.5 if metric == "bpp" else 2.0) * mean_log_lambda_step(lambdas)
     if metric == "bpp":
         trial, iters, clamped, converged = search(
-            evaluate, levels, math.log, target, lambda v: abs(v - target) <= tol * target, 0.5 * step, max_iter
+            evaluate, levels, math.log, target, lambda v: abs(v - target) <= tol * target, slope, max_iter, start
         )
     else:
         trial, iters, clamped, converged = search(
-            evaluate, levels, lambda v: v, target, lambda v: abs(v - target) <= tol, 2.0 * step, max_iter
+            evaluate, levels, lambda v: v, target, lambda v: abs(v - target) <= tol, slope, max_iter, start
         )
     return RateControlResult(
         data=trial.data,
@@ -217,7 +229,7 @@ def control(
         metric=metric,
         target=float(target),
         iterations=iters,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - began,
         clamped=clamped,
         converged=converged,
     )

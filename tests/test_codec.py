@@ -292,6 +292,20 @@ def test_search_handles_a_rate_jump():
     assert trial.value in (1.0, 2.0)
 
 
+def test_search_starts_where_it_is_told_clipped_to_the_range():
+    seen = []
+
+    def evaluate(q):
+        seen.append(q)
+        return ratecontrol.Trial(q, b"", math.exp(q), None, math.exp(q))
+
+    for start, first in ((3.3, 3.3), (-5.0, 1.0), (9.0, 4.0), (None, 2.5)):
+        seen.clear()
+        trial, _, clamped, converged = ratecontrol.search(
+            evaluate, 4, math.log, math.exp(2.0), lambda v: abs(math.log(v) - 2.0) < 1e-3, 1.0, 30, start)
+        assert seen[0] == first and converged and not clamped and trial.quality == pytest.approx(2.0, abs=1e-3)
+
+
 # --------------------------------------------------------------------------- determinism / identity
 
 

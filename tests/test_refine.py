@@ -100,6 +100,29 @@ def test_refinement_errors(shipped, photo):
         refine(shipped, torch.zeros(2, 3, 8, 8), 2.0, steps=1)
 
 
+def test_rate_control_with_refinement_meets_the_target_with_a_better_file(shipped, photo):
+    psnr = lambda data: codec.psnr_8bit(photo, codec.decode_image(shipped, data))
+    for target in (0.5, 1.0):
+        plain = codec.encode_to_bpp(shipped, photo, target)
+        refined = codec.encode_to_bpp(shipped, photo, target, refine=10)
+        assert abs(refined.bpp / target - 1) <= 0.02 and refined.converged and not refined.clamped, refined
+        assert 1 <= refined.refined <= codec.REFINED_TRIALS and refined.iterations > plain.iterations
+        assert refined.data == codec.encode(shipped, photo, refined.quality, refine=10)
+        assert psnr(refined.data) > psnr(plain.data) + 0.05  # same size, better picture
+        assert "refined 10 steps" in refined.summary()
+    plain = codec.encode_to_psnr(shipped, photo, 28.0)
+    refined = codec.encode_to_psnr(shipped, photo, 28.0, refine=10)
+    assert abs(refined.psnr - 28.0) <= 0.1 and refined.psnr == psnr(refined.data) and refined.converged
+    assert refined.bpp < plain.bpp  # same picture quality, smaller file
+
+
+def test_rate_control_with_refinement_clamps_and_refuses_a_quality_map(shipped, photo):
+    r = codec.encode_to_bpp(shipped, photo, 0.001, refine=3)
+    assert r.clamped and r.quality == 1 and r.data == codec.encode(shipped, photo, 1, refine=3)
+    with pytest.raises(CodecError, match="with a quality map is not supported"):
+        codec.encode_to_bpp(tiny_model("gained-scgain"), photo, 1.0, qmap=0.7, refine=2)
+
+
 def test_refinement_refuses_an_image_whose_gradients_do_not_fit(monkeypatch):
     monkeypatch.setattr(codec, "available_memory_bytes", lambda: 10**9)
     with pytest.raises(CodecError, match=r"refinement of a 4000x6000 image needs about 24.3 GB of memory, 1.0 GB is available"):
