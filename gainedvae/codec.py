@@ -69,6 +69,7 @@ from .container import (  # re-exported: the codec's public names
 from .gain import check_quality
 from .imageio import ImageLike, image_to_tensor, load_image, psnr_8bit, save_image, tensor_to_image
 from .models import MODELS, is_gained, model_name
+from .qmap import lambda_scale, prepare_qmap
 from .rans import (  # re-exported: the codec's rANS guards (tests and benchmarks reach them here)
     _RANS_ROUNDING_BITS,
     MAX_SYMBOL,
@@ -241,7 +242,7 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: 
     kw = _qmap_kwargs(net, qmap)
     if refine:
         enc = _refined(net, image, q, refine, kw)
-        return _pack(identity, enc["shape"], q, enc)
+        return _pack(identity, enc["shape"], q, enc, FLAG_QUALITY_MAP if kw else 0)
     x = _prepare_uint8(net, image) if not kw else None  # a tiling model reads uint8 tiles
     if x is None:
         x = _prepare(net, image)
@@ -259,24 +260,28 @@ def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):
     """:func:`encode`'s streams with ``steps`` of :func:`gainedvae.refine.refine`."""
     from .refine import refine
 
-    _check_refine(steps, kw)
+    _check_refine(steps)
     x = _prepare(net, image)
     check_refine_memory(*x.shape[-2:])
     guard_entropy_coders(net)
+    maps = {}
+    if kw:  # the map's weighting of the distortion, as gained-scgain was trained
+        try:
+            m = prepare_qmap(kw["qmap"], x)
+        except (TypeError, ValueError) as err:
+            raise CodecError(f"quality map: {err}") from None
+        maps = {"qmap": m, "lambda_scale": lambda_scale(m)}
     try:
-        refined = refine(net, x, q, steps)
+        refined = refine(net, x, q, steps, **maps)
     except NotImplementedError as err:  # a context model or the GMM conditional
         raise CodecError(f"latent refinement needs a gained hyperprior model with a Gaussian conditional: {err}") from None
     with torch.inference_mode():
         return net.compress_latents(refined.y, refined.z, q, tuple(x.shape[-2:]))
 
 
-def _check_refine(steps, kw: dict) -> None:
+def _check_refine(steps) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise CodecError(f"refinement steps must be an integer >= 0, got {steps!r}")
-    if kw:
-        raise CodecError("latent refinement with a quality map is not supported (it would optimise plain MSE, "
-                         "not the map's weighting); encode without --refine or without the map")
 
 
 #: Peak memory of :func:`gainedvae.refine.refine` per (padded) image pixel with the shipped model
@@ -436,7 +441,7 @@ def _rate_control(
     x = _prepare(net, image)
     kw = _qmap_kwargs(net, qmap)
     if refine:
-        _check_refine(refine, kw)
+        _check_refine(refine)
     guard_entropy_coders(net)
     shape = tuple(x.shape[-2:])
     pixels = shape[0] * shape[1]

@@ -7,6 +7,8 @@ Compression", NeurIPS 2020) starts from them and descends, for this image only, 
 was trained on at the coded quality ``q``::
 
     L(y, z) = R(ŷ, ẑ) / (H·W) + λ(q) · 255² · MSE(x, x̂)          (bits per pixel + distortion)
+              (with a quality map m: mean over pixels of λ(q) · s(m) · 255² · (x − x̂)², s the
+              map's lambda scale the model was trained with, :func:`gainedvae.qmap.lambda_scale`)
     ẑ = r(z − m) + m                    m: the entropy bottleneck's medians
     ŷ = r(y − μ(ẑ)) + μ(ẑ)              μ: the conditional's means (0 without)
     x̂ = g_s(ŷ × IG_y(q))
@@ -37,7 +39,7 @@ import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -121,14 +123,17 @@ class Refined:
     bits: float
 
 
-def _loss(net: nn.Module, x: Tensor, y: Tensor, z: Tensor, q: Tensor, lmbda: float,
+def _loss(net: nn.Module, x: Tensor, y: Tensor, z: Tensor, q: Tensor, lmbda: Union[float, Tensor],
           rounding: Callable) -> Tuple[Tensor, Tensor]:
-    """``(L, bits)``: the module docstring's loss and the estimated bits it counts."""
+    """``(L, bits)``: the module docstring's loss and the estimated bits it counts (``lmbda`` a
+    number or a per-pixel map ``(1, 1, H, W)``)."""
     h, w = x.shape[-2:]
     out = net.relaxed(y, z, q, rounding)
     bits = -sum(torch.log2(lik).sum() for lik in out["likelihoods"].values())
-    mse = torch.mean((out["x_hat"][..., :h, :w] - x) ** 2)
-    return bits / (h * w) + lmbda * 255.0**2 * mse, bits
+    err = (out["x_hat"][..., :h, :w] - x) ** 2
+    if isinstance(lmbda, Tensor):
+        return bits / (h * w) + 255.0**2 * torch.mean(lmbda * err), bits
+    return bits / (h * w) + lmbda * 255.0**2 * torch.mean(err), bits
 
 
 def _descend(net, x, y, z, q, lmbda, steps, lr, tau0, generator, progress) -> None:
@@ -154,6 +159,8 @@ def refine(
     seed: int = 0,
     progress: Optional[Callable[[int, float], None]] = None,
     compile: bool = False,
+    qmap: Optional[Tensor] = None,
+    lambda_scale: Optional[Tensor] = None,
 ) -> Refined:
     """Refined gained latents of one image ``x`` (``(1, 3, H, W)`` float in ``[0, 1]``) at ``quality``.
 
@@ -166,6 +173,9 @@ def refine(
         progress: called as ``progress(step, loss)`` after each step.
         compile: run the optimisation's ``g_s`` and ``h_s`` through ``torch.compile`` (worth it
             for many images or steps: the first call per image shape compiles for about 25 s).
+        qmap: the quality map of a ``gained-scgain`` model (``(1, 1, H, W)``), passed to its analysis.
+        lambda_scale: per-pixel factor of ``λ(q)`` (``(1, 1, H, W)``; the map's weighting,
+            :func:`gainedvae.qmap.lambda_scale`, as the model was trained); default 1.
     """
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, got {steps}")
@@ -173,8 +183,10 @@ def refine(
         raise ValueError(f"refine() takes one image (1, 3, H, W), got shape {tuple(x.shape)}")
     q = net.scalar_quality(quality)
     lmbda = level_lambda(net.lambdas, float(q))
+    if lambda_scale is not None:
+        lmbda = lmbda * lambda_scale
     with torch.no_grad():
-        y0, z0 = net.gained_latents(net.analysis(x), q)
+        y0, z0 = net.gained_latents(net.analysis(x) if qmap is None else net.analysis(x, qmap=qmap), q)
         before, bits_before = map(float, _loss(net, x, y0, z0, q, lmbda, torch.round))
     if steps == 0:
         return Refined(y0, z0, before, before, False, bits_before)

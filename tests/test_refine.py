@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_model
+import gainedvae
 from gainedvae import codec, load_checkpoint
 from gainedvae.codec import CodecError
+from gainedvae.qmap import ellipse_qmap, lambda_scale, prepare_qmap
 from gainedvae.refine import DECAY, WARMUP, level_lambda, refine, sga_round, temperature
 
 
@@ -92,8 +94,6 @@ def test_refine_never_returns_worse_latents(shipped, photo):
 def test_refinement_errors(shipped, photo):
     with pytest.raises(CodecError, match=r"refinement steps must be an integer >= 0, got -1"):
         codec.encode(shipped, photo, 2.0, refine=-1)
-    with pytest.raises(CodecError, match="with a quality map is not supported"):
-        codec.encode(tiny_model("gained-scgain"), photo, 2.0, qmap=0.7, refine=2)
     with pytest.raises(CodecError, match="needs a gained hyperprior model.*GainedJointAutoregressive has no relaxed coder"):
         codec.encode(tiny_model("gained-mbt2018"), photo, 2.0, refine=2)
     with pytest.raises(ValueError, match=r"takes one image \(1, 3, H, W\), got shape \(2, 3, 8, 8\)"):
@@ -116,11 +116,41 @@ def test_rate_control_with_refinement_meets_the_target_with_a_better_file(shippe
     assert refined.bpp < plain.bpp  # same picture quality, smaller file
 
 
-def test_rate_control_with_refinement_clamps_and_refuses_a_quality_map(shipped, photo):
+def test_rate_control_with_refinement_clamps(shipped, photo):
     r = codec.encode_to_bpp(shipped, photo, 0.001, refine=3)
     assert r.clamped and r.quality == 1 and r.data == codec.encode(shipped, photo, 1, refine=3)
-    with pytest.raises(CodecError, match="with a quality map is not supported"):
-        codec.encode_to_bpp(tiny_model("gained-scgain"), photo, 1.0, qmap=0.7, refine=2)
+
+
+@pytest.fixture(scope="module")
+def scgain(shipped):
+    """gained-scgain with the shipped model's weights (its SFT layers start at zero: the map only
+    weights the loss), so that refinement has a real rate-distortion trade-off to work on."""
+    net = gainedvae.get_model("gained-scgain", N=64, M=192, lambdas=shipped.lambdas)
+    missing, unexpected = net.load_state_dict(shipped.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("cond_", "sft_")) for k in missing)
+    net.update(force=True)
+    return net.eval()
+
+
+def map_loss(net, image, data, qmap):
+    """The loss gained-scgain is trained on, of a real file: bpp + mean of lambda(q) * scale(map) * 255^2 * err^2."""
+    q = codec.Container.from_bytes(data).quality
+    x_hat = codec.decode_image(net, data).astype(np.float64)
+    scale = lambda_scale(prepare_qmap(qmap, torch.zeros(1, 3, *image.shape[:2]))).numpy()[0, 0]
+    err = np.mean((x_hat - image) ** 2, axis=-1) / 255.0**2
+    return len(data) * 8 / (image.shape[0] * image.shape[1]) + level_lambda(net.lambdas, q) * 255.0**2 * np.mean(scale * err)
+
+
+def test_refinement_with_a_quality_map_optimises_the_maps_weighting(scgain, photo):
+    roi = ellipse_qmap(*photo.shape[:2])
+    for q in (2.0, 5.0):
+        plain = codec.encode(scgain, photo, q, qmap=roi)
+        refined = codec.encode(scgain, photo, q, qmap=roi, refine=10)
+        uniform = codec.encode(scgain, photo, q, qmap=0.5, refine=10)  # refined for the uniform weighting
+        assert codec.Container.from_bytes(refined).flags == codec.FLAG_QUALITY_MAP
+        assert map_loss(scgain, photo, refined, roi) < map_loss(scgain, photo, uniform, roi) < map_loss(scgain, photo, plain, roi)
+    r = codec.encode_to_bpp(scgain, photo, 1.0, qmap=roi, refine=3)
+    assert r.converged and r.data == codec.encode(scgain, photo, r.quality, qmap=roi, refine=3)
 
 
 def test_refinement_refuses_an_image_whose_gradients_do_not_fit(monkeypatch):
