@@ -75,8 +75,9 @@ msssim() {
 scgain() {
   have scgain-gained || return 0
   local sc; sc=$(final scgain-gained)
-  $PY eval_gain.py --mode scgain --checkpoint "$sc" -d "$DATA/kodak" --step 1 --no-progress \
-    --gain-checkpoint results/kodak/gained-mbt2018-mean.json --output-dir results/scgain
+  $PY eval_gain.py --mode scgain --checkpoint "$sc" -d "$DATA/kodak" --step 1 --no-progress --qmap-values 0,0.5,1 \
+    --gain-checkpoint results/logs/gained-m192-from-36k/kodak-step15000/gained-m192-from-36k-step15000.json \
+    --output-dir results/scgain
   $PY results/scgain_roi.py --checkpoint "$sc" -d "$DATA/kodak" --qualities 2 4 6 --picture --output-dir results/scgain
 }
 
