@@ -32,8 +32,9 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 PROG = "gainedvae"
 EXIT_ERROR = 2
@@ -221,20 +222,45 @@ def _compress_file(args, src: str, out: Path, model: Callable) -> Done:
     image = codec.load_image(src, max_pixels=_max_pixels(args))
     net = model()
     h, w = image.shape[:2]
-    if args.bpp is not None or args.psnr is not None:
-        kw = {} if args.tol is None else {"tol": args.tol}
-        if args.bpp is not None:
-            result = codec.encode_to_bpp(net, image, args.bpp, qmap=args.qmap, refine=args.refine, **kw)
-        else:
-            result = codec.encode_to_psnr(net, image, args.psnr, qmap=args.qmap, refine=args.refine, **kw)
-        atomic_write_bytes(out, result.data)
-        return f"{out}: {w}x{h}, {result.summary()}", result.nbytes, result.bpp
-    quality = args.quality if args.quality is not None else (1 + net.levels) / 2
-    data = codec.encode(net, image, quality, qmap=args.qmap, refine=args.refine)
+    with _refine_bar(src, args.refine) as progress:
+        refine = {"refine": args.refine, "progress": progress} if args.refine else {}
+        if args.bpp is not None or args.psnr is not None:
+            kw = {} if args.tol is None else {"tol": args.tol}
+            if args.bpp is not None:
+                result = codec.encode_to_bpp(net, image, args.bpp, qmap=args.qmap, **refine, **kw)
+            else:
+                result = codec.encode_to_psnr(net, image, args.psnr, qmap=args.qmap, **refine, **kw)
+            atomic_write_bytes(out, result.data)
+            return f"{out}: {w}x{h}, {result.summary()}", result.nbytes, result.bpp
+        quality = args.quality if args.quality is not None else (1 + net.levels) / 2
+        data = codec.encode(net, image, quality, qmap=args.qmap, **refine)
     atomic_write_bytes(out, data)
     bpp = len(data) * 8 / (h * w)
     refined = f", refined {args.refine} steps" if args.refine else ""
     return f"{out}: {w}x{h}, {len(data)} bytes, {bpp:.4f} bpp, quality {quality:g}{refined}", len(data), bpp
+
+
+@contextmanager
+def _refine_bar(src: str, steps: int) -> Iterator[Optional[Callable[[int, float], None]]]:
+    """A progress bar over the refinement steps of one file (stderr, a terminal only; it starts
+    again for each refined trial of rate control); yields its ``progress(step, loss)`` callback."""
+    if not steps:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, desc=f"{Path(src).name}: refining", unit="step", file=sys.stderr, disable=None, leave=False)
+
+    def progress(step: int, loss: float) -> None:
+        if step == 0:
+            bar.reset()
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        bar.update(1)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def _decompress_file(args, src: str, out: Path, model: Callable) -> Done:

@@ -222,7 +222,8 @@ def _pack(identity: Tuple[str, str], shape: Sequence[int], quality: float, enc, 
     ).to_bytes()
 
 
-def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: int = 0) -> bytes:
+def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: int = 0,
+           progress: Optional[Callable[[int, float], None]] = None) -> bytes:
     """Code one image at ``quality`` (float in ``[1, net.levels]``) into a ``.gvae`` file.
 
     Args:
@@ -236,12 +237,13 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: 
         refine: steps of encoder-side latent refinement (:mod:`gainedvae.refine`; 0: none).
             The file decodes with the ordinary decoder; encoding takes ``refine`` forward and
             backward passes of the synthesis (``benchmarks/refine.py``).
+        progress: called as ``progress(step, loss)`` after each refinement step.
     """
     identity = model_identity(net)
     q = _check_quality(net, quality)
     kw = _qmap_kwargs(net, qmap)
     if refine:
-        enc = _refined(net, image, q, refine, kw)
+        enc = _refined(net, image, q, refine, kw, progress)
         return _pack(identity, enc["shape"], q, enc, FLAG_QUALITY_MAP if kw else 0)
     x = _prepare_uint8(net, image) if not kw else None  # a tiling model reads uint8 tiles
     if x is None:
@@ -256,7 +258,7 @@ def encode(net: nn.Module, image: ImageLike, quality: float, qmap=None, refine: 
     return _pack(identity, x.shape[-2:], q, enc, FLAG_QUALITY_MAP if kw else 0)
 
 
-def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):
+def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict, progress=None):
     """:func:`encode`'s streams with ``steps`` of :func:`gainedvae.refine.refine`."""
     from .refine import refine
 
@@ -272,7 +274,7 @@ def _refined(net: nn.Module, image: ImageLike, q: float, steps: int, kw: dict):
             raise CodecError(f"quality map: {err}") from None
         maps = {"qmap": m, "lambda_scale": lambda_scale(m)}
     try:
-        refined = refine(net, x, q, steps, **maps)
+        refined = refine(net, x, q, steps, progress=progress, **maps)
     except NotImplementedError as err:  # a context model or the GMM conditional
         raise CodecError(f"latent refinement needs a gained hyperprior model with a Gaussian conditional: {err}") from None
     with torch.inference_mode():
@@ -433,7 +435,7 @@ def decode_image(net: nn.Module, data: Union[bytes, Container], max_pixels: Opti
 
 def _rate_control(
     net: nn.Module, image: ImageLike, metric: str, target: float, tol: float, max_iter: int, qmap=None,
-    refine: int = 0,
+    refine: int = 0, progress=None,
 ) -> RateControlResult:
     start = time.perf_counter()
     check_target(metric, target, tol)
@@ -469,7 +471,7 @@ def _rate_control(
         if not refine:
             return plain
         slope, probes = _local_slope(evaluate, plain, net.levels)
-    refined = control(lambda q: trial(q, _refined(net, x, q, refine, kw)), net.levels, net.lambdas, metric,
+    refined = control(lambda q: trial(q, _refined(net, x, q, refine, kw, progress)), net.levels, net.lambdas, metric,
                       float(target), tol, min(max_iter, REFINED_TRIALS), started=start, start=plain.quality,
                       slope=slope)
     return dataclasses.replace(refined, iterations=plain.iterations + probes + refined.iterations,
@@ -496,7 +498,7 @@ def _local_slope(evaluate: Callable[[float], Trial], plain: RateControlResult, l
 
 def encode_to_bpp(
     net: nn.Module, image: ImageLike, target_bpp: float, tol: float = 0.02, max_iter: int = 30, qmap=None,
-    refine: int = 0,
+    refine: int = 0, progress: Optional[Callable[[int, float], None]] = None,
 ) -> RateControlResult:
     """Encode at the quality whose file size is within ``tol`` (relative) of
     ``target_bpp`` (bits of the whole ``.gvae`` file per pixel).
@@ -510,13 +512,14 @@ def encode_to_bpp(
     written. The plain encoder's search comes first; a second search starts at
     its quality, with its local slope, and refines every trial (at most
     :data:`REFINED_TRIALS`, each ``refine`` steps; ``result.refined`` counts them).
+    ``progress(step, loss)`` is called after each of their steps.
     """
-    return _rate_control(net, image, "bpp", target_bpp, tol, max_iter, qmap, refine)
+    return _rate_control(net, image, "bpp", target_bpp, tol, max_iter, qmap, refine, progress)
 
 
 def encode_to_psnr(
     net: nn.Module, image: ImageLike, target_psnr: float, tol: float = 0.1, max_iter: int = 30, qmap=None,
-    refine: int = 0,
+    refine: int = 0, progress: Optional[Callable[[int, float], None]] = None,
 ) -> RateControlResult:
     """Encode at the quality whose 8-bit reconstruction PSNR is within ``tol``
     dB of ``target_psnr``.
@@ -524,4 +527,4 @@ def encode_to_psnr(
     As :func:`encode_to_bpp`, but each iteration also decodes the trial
     streams to measure the PSNR of the rounded reconstruction.
     """
-    return _rate_control(net, image, "psnr", target_psnr, tol, max_iter, qmap, refine)
+    return _rate_control(net, image, "psnr", target_psnr, tol, max_iter, qmap, refine, progress)

@@ -146,7 +146,7 @@ def _descend(net, x, y, z, q, lmbda, steps, lr, tau0, generator, progress) -> No
         loss.backward()
         opt.step()
         if progress is not None:
-            progress(step, float(loss))
+            progress(step, float(loss.detach()))
 
 
 def refine(

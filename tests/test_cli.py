@@ -1,3 +1,4 @@
+import io
 import os
 import struct
 import subprocess
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 import gainedvae
-from gainedvae import codec
+from gainedvae import cli, codec
 from gainedvae.checkpoint import DEFAULT_CHECKPOINT
 from gainedvae.cli import main
 
@@ -222,6 +223,23 @@ def test_rate_control_with_refinement_on_the_command_line(files, tmp_path, capsy
     quality = codec.Container.from_bytes(out.read_bytes()).quality
     assert rc == 0 and "refined 2 steps" in stdout, stdout
     assert out.read_bytes() == codec.encode(net, np.asarray(Image.open(files / "img.png")), quality, refine=2)
+
+
+def test_refinement_progress_bar_on_a_terminal(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    with cli._refine_bar("dir/photo.png", 3) as progress:
+        for trial in range(2):  # two refined trials of rate control: the bar starts again
+            for step in range(3):
+                progress(step, 1.0 - step / 10)
+    shown = err.getvalue()
+    assert "photo.png: refining" in shown and "/3 " in shown and "loss=0.8000" in shown  # redrawn at most every 0.1 s
+    with cli._refine_bar("photo.png", 0) as progress:
+        assert progress is None
 
 
 def test_missing_default_model_is_a_clear_error(files, tmp_path, capsys, monkeypatch):

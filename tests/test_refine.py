@@ -82,6 +82,16 @@ def test_refinement_is_deterministic_and_zero_steps_is_the_plain_encoder(shipped
     assert codec.encode(shipped, photo, 3.0, refine=0) == codec.encode(shipped, photo, 3.0)
 
 
+def test_refinement_reports_progress_per_step(shipped, photo):
+    seen = []
+    data = codec.encode(shipped, photo, 3.0, refine=4, progress=lambda step, loss: seen.append((step, loss)))
+    assert [step for step, _ in seen] == [0, 1, 2, 3] and all(math.isfinite(loss) for _, loss in seen)
+    assert data == codec.encode(shipped, photo, 3.0, refine=4)
+    seen.clear()
+    r = codec.encode_to_bpp(shipped, photo, 1.0, refine=3, progress=lambda step, loss: seen.append(step))
+    assert seen == [0, 1, 2] * r.refined  # one run of steps per refined trial
+
+
 def test_refine_never_returns_worse_latents(shipped, photo):
     x = torch.from_numpy(photo).permute(2, 0, 1).unsqueeze(0).float() / 255
     bad = refine(shipped, x, 4.0, steps=3, lr=50.0)  # a step size that wrecks the latents
