@@ -6,8 +6,8 @@ For every image and ``--bpp`` target, ``codec.encode_to_bpp`` runs twice, plainl
 refinement adds at the same target, and the refined search's cost: how many of its trials
 were refined (each ``--steps`` steps) and its seconds.
 
-  python benchmarks/refine_rate_control.py -d ../shared/data/kodak --max-images 3 --bpp 0.3 1.0 \\
-      --steps 60 --threads 1 --json results/benchmarks/refine_rate_control.json --md results/benchmarks/refine_rate_control.md
+  python benchmarks/refine_rate_control.py -d ../shared/data/kodak --max-images 2 --bpp 0.5 1.0 \\
+      --steps 30 --threads 1 --json results/benchmarks/refine_rate_control.json --md results/benchmarks/refine_rate_control.md
 """
 
 from __future__ import annotations
