@@ -130,7 +130,10 @@ def run_order(name: str):
     if name == "gained":
         return (1, 0.0, name)
     if name.startswith("single-"):  # single-<lambda> or single-<lambda>-<campaign tag>
-        return (2, float(name.split("-")[1]), name)
+        try:
+            return (2, float(name.split("-")[1]), name)
+        except ValueError:
+            pass
     return (3, 0.0, name)
 
 
