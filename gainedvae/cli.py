@@ -223,7 +223,7 @@ def _compress_file(args, src: str, out: Path, model: Callable) -> Done:
     net = model()
     h, w = image.shape[:2]
     with _refine_bar(src, args.refine) as progress:
-        refine = {"refine": args.refine, "progress": progress} if args.refine else {}
+        refine = {"refine": args.refine, "progress": progress}
         if args.bpp is not None or args.psnr is not None:
             kw = {} if args.tol is None else {"tol": args.tol}
             if args.bpp is not None:

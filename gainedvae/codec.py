@@ -442,8 +442,7 @@ def _rate_control(
     identity = model_identity(net)
     x = _prepare(net, image)
     kw = _qmap_kwargs(net, qmap)
-    if refine:
-        _check_refine(refine)
+    _check_refine(refine)
     guard_entropy_coders(net)
     shape = tuple(x.shape[-2:])
     pixels = shape[0] * shape[1]
@@ -456,7 +455,7 @@ def _rate_control(
             with torch.inference_mode():
                 x_hat = net.decompress(enc["strings"], enc["shape"], q)["x_hat"]
             psnr = psnr_8bit(x, x_hat)
-        return Trial(q, data, bpp, psnr, bpp if metric == "bpp" else min(psnr, 200.0))
+        return Trial(q, data, bpp, psnr, _searched(metric, bpp, psnr))
 
     with torch.inference_mode():
         try:
@@ -490,10 +489,15 @@ def _local_slope(evaluate: Callable[[float], Trial], plain: RateControlResult, l
     q1 = q0 - 0.5 if q0 - 0.5 >= 1 else min(q0 + 0.5, float(levels))
     if q1 == q0:
         return None, 0
-    value = (lambda t: math.log(t.bpp)) if plain.metric == "bpp" else (lambda t: min(t.psnr, 200.0))
-    here = math.log(plain.bpp) if plain.metric == "bpp" else min(plain.psnr, 200.0)
-    slope = (value(evaluate(q1)) - here) / (q1 - q0)
+    transform = math.log if plain.metric == "bpp" else (lambda v: v)  # as control() searches
+    here = _searched(plain.metric, plain.bpp, plain.psnr)
+    slope = (transform(evaluate(q1).value) - transform(here)) / (q1 - q0)
     return (slope if math.isfinite(slope) and slope > 0 else None), 1
+
+
+def _searched(metric: str, bpp: float, psnr: Optional[float]) -> float:
+    """The value rate control searches on: the bpp, or the PSNR capped at 200 dB (a lossless trial)."""
+    return bpp if metric == "bpp" else min(psnr, 200.0)
 
 
 def encode_to_bpp(
