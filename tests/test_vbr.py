@@ -62,6 +62,22 @@ def test_two_step_vbr_run_is_evaluated_at_fractional_quality(image_dir, tmp_path
                           save_dir=str(tmp_path / "w")), progress=False)
 
 
+@pytest.mark.slow
+def test_compiled_vbr_training_gives_the_eager_losses(image_dir, tmp_path):
+    """Reported: ``--compile on`` failed at the first step ("permute(): duplicate dims are not
+    allowed", dynamo tracing the numpy permutation swap in CompressAI's EntropyBottleneckVbr)."""
+    def run(mode):
+        cfg = TrainConfig(data=(str(image_dir),), model="mbt2018-mean-vbr", N=16, M=16, steps=3, batch_size=2,
+                          patch_size=64, val_size=64, val_every=100, log_every=1, compile=mode,
+                          save_dir=str(tmp_path / mode))
+        train(cfg, progress=False)
+        return [json.loads(ln)["loss"] for ln in (tmp_path / mode / "train_log.jsonl").read_text().splitlines()]
+
+    eager, comp = run("off"), run("on")
+    assert len(eager) == len(comp) == 3
+    assert comp == pytest.approx(eager, rel=1e-4)
+
+
 def test_checkpoint_saved_after_update_loads_and_codes_the_same(tmp_path):
     net = gainedvae.get_model("mbt2018-mean-vbr", N=16, M=16).eval()
     net.update(force=True)  # fills the variable-rate bottleneck's tables (CompressAI left them unloadable)

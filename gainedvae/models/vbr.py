@@ -31,6 +31,20 @@ from .rate import DEFAULT_LAMBDAS, RateModel
 _OLD_EB_NAMES = {"matrices": "_matrix", "biases": "_bias", "factors": "_factor"}
 
 
+class _EagerEntropyBottleneckVbr(EntropyBottleneckVbr):
+    """CompressAI's ``EntropyBottleneckVbr``, its ``forward`` left out of ``torch.compile``.
+
+    Its forward builds the channel-first permutation with a numpy swap
+    (``perm[0], perm[1] = perm[1], perm[0]``); traced by dynamo, which runs numpy as tensors,
+    the two sides alias and the permutation becomes ``(1, 1, 2, 3)`` ("permute(): duplicate
+    dims are not allowed"). Same parameters and state-dict names as the parent.
+    """
+
+    @torch.compiler.disable
+    def forward(self, *args, **kwargs):
+        return super().forward(*args, **kwargs)
+
+
 class MeanScaleHyperpriorVbr(RateModel, _CompressAIVbr):
     r"""``mbt2018-mean-vbr``: CompressAI's ``MeanScaleHyperpriorVbr`` (DCC 2024) with the
     variable-rate hyper-latent (``vr_entbttlnck=True``, as CompressAI's published model).
@@ -60,6 +74,7 @@ class MeanScaleHyperpriorVbr(RateModel, _CompressAIVbr):
 
     def __init__(self, N: int = 128, M: int = 192, lambdas: Sequence[float] = DEFAULT_LAMBDAS, **kwargs):
         super().__init__(N=N, M=M, vr_entbttlnck=True, **kwargs)
+        self.entropy_bottleneck = _EagerEntropyBottleneckVbr(N)  # runs eagerly under torch.compile
         self._init_rate(lambdas)
         self.lmbda = list(self.lambdas)
         self.levels = len(self.lambdas)
