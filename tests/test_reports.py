@@ -190,3 +190,29 @@ def test_training_curves_collects_the_recipe(tmp_path):
     assert rows[0]["recipe"] == "gained-mbt2018-mean N=64 M=192, 8 x 128², levels per sample weighted"
     assert rows[0]["step_hours"] == pytest.approx((50 + 100) / 3600)
     assert "| gained-m192-from-36k | gained-mbt2018-mean N=64 M=192" in training_curves.budget_markdown(rows)
+
+
+def test_val_gap_compares_each_level_at_its_last_step(tmp_path):
+    import json
+
+    import pytest
+
+    from results.val_gap import main, val_gap
+
+    def run(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "val_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    row = lambda step, lam, loss, level=None: dict(step=step, level=level, **{"lambda": lam}, loss=loss, bpp=0.5, psnr=30.0)  # noqa: E731
+    gained = run("gained", [row(2, 0.0018, 9.0, 0), row(2, 0.18, 9.0, 1), row(4, 0.0018, 1.05, 0), row(4, 0.18, 2.0, 1)])
+    single = run("single-0.0018", [row(2, 0.0018, 5.0), row(4, 0.0018, 1.0)])
+    rows = val_gap(gained, [single])
+    assert [r["lambda"] for r in rows] == [0.0018, 0.18] and rows[0]["step"] == 4
+    assert rows[0]["dloss"] == pytest.approx(0.05) and rows[0]["single_run"] == "single-0.0018"
+    assert rows[1]["dloss"] is None  # no single-rate run at lambda 0.18
+    assert main([str(gained), str(single), "-o", str(tmp_path / "gap.md")]) == 0
+    assert "| 0.0018 | 1.0500 | 0.500 | 30.00 | 1.0000 | 0.500 | 30.00 | +5.00 % |" in (tmp_path / "gap.md").read_text()
+    with pytest.raises(SystemExit, match="expected one lambda"):
+        val_gap(gained, [gained])
