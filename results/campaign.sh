@@ -132,6 +132,11 @@ gained() {
   esac
 }
 
+# The gained fine-tune at twice the steps (30,000, the same schedule stretched): whether the gap of its
+# low levels to the single-rate set (results/val_gap.py) closes with steps, and a candidate for the
+# shipped model (issue 16).
+gained_long() { STEPS=30000 finetune "gained30k-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS; }
+
 # Issue 21, from stage 2's step $FROM, the gained model's recipe (same data, patch, batch, schedule, steps):
 # the eight single-rate models, CompressAI's VBR model (its stage 2; stage 1 = the shared start),
 # the checkerboard context model (context layers from scratch) and an MS-SSIM gained model
