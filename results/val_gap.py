@@ -14,12 +14,16 @@ at its own lambda, so it says how far the shared network is from each single-rat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from gainedvae.atomic import atomic_write_bytes
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gainedvae.atomic import atomic_write_bytes  # noqa: E402
+from results.training_curves import read_jsonl  # noqa: E402  (skips a running run's torn last line)
 
 
 def last_rows(run: Path) -> Dict[float, dict]:
@@ -27,7 +31,7 @@ def last_rows(run: Path) -> Dict[float, dict]:
     log = run / "val_log.jsonl"
     if not log.is_file():
         raise SystemExit(f"{run}: no val_log.jsonl")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(log)
     if not rows:
         raise SystemExit(f"{log}: empty")
     last = max(r["step"] for r in rows)
