@@ -81,10 +81,20 @@ wide() {
 # 500-step warm-up, x0.1 at 70 % and 90 %) over ${STEPS:-15000} steps into $RUNS/NAME, from the
 # weights of SOURCE (its EMA, through --init; copied to NAME/start.pt first: --keep rotates the
 # source away). Resumable; a DONE file marks it finished (results/training_curves.py reads it).
+# A finished run's final EMA weights are exported (float16, entropy tables stored) to
+# $FINISHED/NAME.pt, which is committed: a fresh machine has them, so the queue skips the run and
+# results/evaluate.sh evaluates that file (losing a machine costs only the running fine-tunes' steps).
+FINISHED=${FINISHED:-results/campaign/finished}
+export_finished() {  # export_finished NAME: the final checkpoint of a finished run -> $FINISHED/NAME.pt
+  local name=$1 ckpt; ckpt=$(printf "$RUNS/$1/ckpt-%07d.pt" "${STEPS:-15000}")
+  [ -f "$FINISHED/$name.pt" ] && return
+  mkdir -p "$FINISHED" && $PY -m gainedvae export "$ckpt" -o "$FINISHED/$name.pt"
+}
 finetune() {
   local name=$1 src=$2; shift 2
   local dir="$RUNS/$name" start="--resume"
-  if [ -f "$dir/DONE" ]; then echo "== $name: done"; return; fi
+  if [ -f "$dir/DONE" ]; then echo "== $name: done"; export_finished "$name"; return; fi
+  if [ -f "$FINISHED/$name.pt" ]; then echo "== $name: done (committed export $FINISHED/$name.pt)"; return; fi
   # one lane per run: LANE holds the pid of the lane that trains it (two lanes share the queue)
   local lane; lane=$(cat "$dir/LANE" 2>/dev/null || true)
   if [ -n "$lane" ] && [ "$lane" != "$$" ] && kill -0 "$lane" 2>/dev/null; then
@@ -99,6 +109,7 @@ finetune() {
   nice -n 2 $PY train_gain.py -d $TRAIN_DATA $COMMON "$@" \
       --steps ${STEPS:-15000} --lr 5e-4 --warmup-steps 500 --milestones 0.7,0.9 --save-dir "$dir" $start
   touch "$dir/DONE"
+  export_finished "$name"
   echo "== $name: $(date -u +%FT%TZ) done"
 }
 

@@ -17,15 +17,26 @@ A=${ANCHORS:-../shared/anchors}
 TAG=${TAG-m192-from-36k}  # TAG= (empty): the untagged runs of results/protocol.sh
 STEPS=${STEPS:-15000}
 
-final() { echo "$RUNS/$1${TAG:+-$TAG}/ckpt-$(printf %07d $STEPS).pt"; }
+# A run's final weights: its committed export (results/campaign/finished/<run>.pt, written by
+# results/campaign.sh when the run finishes: the same file on every machine), else its final
+# checkpoint in $RUNS. The shipped model is the export of gained-m192-from-36k at step 15,000.
+FINISHED=${FINISHED:-results/campaign/finished}
+final() {
+  local run="$1${TAG:+-$TAG}"
+  if [ -f "$FINISHED/$run.pt" ]; then echo "$FINISHED/$run.pt"
+  elif [ "$run" = gained-m192-from-36k ] && [ "$STEPS" = 15000 ] && [ ! -f "$RUNS/$run/ckpt-0015000.pt" ]; then
+    echo gainedvae/weights/gained-mbt2018-mean.pt
+  else echo "$RUNS/$run/ckpt-$(printf %07d $STEPS).pt"; fi
+}
 have() {  # have RUN...: every run finished (its final checkpoint exists), else say which is missing
   local r; for r in "$@"; do [ -f "$(final "$r")" ] || { echo "== skipped: $(final "$r") missing" >&2; return 1; }; done
 }
-finished_singles() {  # single-<lambda>[-$TAG] with a DONE file
-  local d n; for d in "$RUNS"/single-*${TAG:+-$TAG}; do
-    n=$(basename "${d%${TAG:+-$TAG}}")
-    [[ $n =~ ^single-[0-9.]+$ && -f "$d/DONE" ]] && final "$n"
-  done; true
+finished_singles() {  # single-<lambda>[-$TAG] with a committed export or a DONE file, by lambda
+  local d n
+  for d in "$FINISHED"/single-*${TAG:+-$TAG}.pt "$RUNS"/single-*${TAG:+-$TAG}; do
+    n=$(basename "${d%.pt}"); n=${n%${TAG:+-$TAG}}
+    [[ $n =~ ^single-[0-9.]+$ ]] && { [ -f "$d" ] || [ -f "$d/DONE" ]; } && echo "$n"
+  done | sort -u -t- -k2,2g | while read -r n; do final "$n"; done
 }
 kodak() { $PY eval_gain.py -d "$DATA/kodak" --no-progress --cache "$RUNS/eval-cache.jsonl" "$@"; }
 

@@ -216,3 +216,53 @@ def test_val_gap_compares_each_level_at_its_last_step(tmp_path):
     assert "| 0.0018 | 1.0500 | 0.500 | 30.00 | 1.0000 | 0.500 | 30.00 | +5.00 % |" in (tmp_path / "gap.md").read_text()
     with pytest.raises(SystemExit, match="expected one lambda"):
         val_gap(gained, [gained])
+
+
+def test_evaluate_sh_takes_committed_exports_first_and_orders_singles_by_lambda(tmp_path):
+    """results/evaluate.sh evaluates a run's committed export where there is one (the same file on every
+    machine), else the final checkpoint of a finished run; single-rate runs go in by lambda, unfinished ones
+    stay out."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fin, runs = tmp_path / "finished", tmp_path / "runs"
+    fin.mkdir()
+    for lam in ("0.0250", "0.0035"):
+        (fin / f"single-{lam}-m192-from-36k.pt").touch()
+    for lam, done in (("0.0130", True), ("0.0035", True), ("0.18", False)):
+        (runs / f"single-{lam}-m192-from-36k").mkdir(parents=True)
+        if done:
+            (runs / f"single-{lam}-m192-from-36k" / "DONE").touch()
+    env = {**os.environ, "DRY": "1", "PY": "echo", "FINISHED": str(fin), "RUNS": str(runs)}
+    out = subprocess.run(["bash", str(root / "results/evaluate.sh"), "main"], env=env, cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    args = out.split()
+    base = args[args.index("--baseline") + 1:args.index("--baseline") + 4]
+    assert base == [str(fin / "single-0.0035-m192-from-36k.pt"),
+                    str(runs / "single-0.0130-m192-from-36k" / "ckpt-0015000.pt"),
+                    str(fin / "single-0.0250-m192-from-36k.pt")]
+    assert "single-0.18" not in out
+
+
+def test_campaign_sh_skips_a_committed_run_and_exports_a_finished_one(tmp_path):
+    """results/campaign.sh: a run with a committed export is done on any machine (nothing trains); a run
+    that finished here (DONE) without one gets its final checkpoint exported there."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fin, runs = tmp_path / "finished", tmp_path / "runs"
+    fin.mkdir()
+    (fin / "vbr-m192-from-36k.pt").touch()
+    (runs / "checkerboard-m192-from-36k").mkdir(parents=True)
+    (runs / "checkerboard-m192-from-36k" / "DONE").touch()
+    env = {**os.environ, "PY": "echo", "FINISHED": str(fin), "RUNS": str(runs)}
+    out = subprocess.run(["bash", str(root / "results/campaign.sh"), "vbr", "checkerboard"], env=env, cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    assert f"== vbr-m192-from-36k: done (committed export {fin}/vbr-m192-from-36k.pt)" in out
+    assert "train_gain.py" not in out  # PY=echo would print a training command line
+    assert (f"-m gainedvae export {runs}/checkerboard-m192-from-36k/ckpt-0015000.pt "
+            f"-o {fin}/checkerboard-m192-from-36k.pt") in out
