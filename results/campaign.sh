@@ -89,6 +89,8 @@ export_finished() {  # export_finished NAME: the final checkpoint of a finished 
   local name=$1 ckpt; ckpt=$(printf "$RUNS/$1/ckpt-%07d.pt" "${STEPS:-15000}")
   [ -f "$FINISHED/$name.pt" ] && return
   mkdir -p "$FINISHED" && $PY -m gainedvae export "$ckpt" -o "$FINISHED/$name.pt"
+  # its logs land beside it (results/logs/<run>/): the convergence check must survive the machine too
+  $PY results/training_curves.py --collect "$RUNS" --run "$name" --no-plot
 }
 finetune() {
   local name=$1 src=$2; shift 2

@@ -70,9 +70,12 @@ def recipe(cfg) -> str:
     return text
 
 
-def collect(src: Path, dst: Path) -> None:
-    """Copy every run's logs (``src/<run>/*.jsonl``) and training configuration (``config.json``) into ``dst/<run>/``."""
+def collect(src: Path, dst: Path, only=None) -> None:
+    """Copy every run's logs (``src/<run>/*.jsonl``) and training configuration (``config.json``) into
+    ``dst/<run>/``; ``only``: these run names alone."""
     for run in sorted(p for p in src.iterdir() if (p / "train_log.jsonl").is_file()):
+        if only and run.name not in only:
+            continue
         (dst / run.name).mkdir(parents=True, exist_ok=True)
         for name in LOGS:
             if (run / name).is_file():
@@ -238,12 +241,16 @@ def plot(logs: Path, out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", type=Path, help="copy the logs of these run folders into --logs first")
+    p.add_argument("--run", action="append", help="with --collect: only this run folder's name (repeatable)")
+    p.add_argument("--no-plot", action="store_true", help="with --collect: copy the logs only (no plot, no budget table)")
     p.add_argument("--logs", type=Path, default=HERE / "logs", help="folder of the collected run logs (default: %(default)s)")
     p.add_argument("--out", type=Path, default=HERE / "training-curves.png", help="plot to write (default: %(default)s)")
     p.add_argument("--budget", type=Path, default=HERE / "training-budget.md", help="budget table to write (default: %(default)s)")
     args = p.parse_args(argv)
     if args.collect:
-        collect(args.collect, args.logs)
+        collect(args.collect, args.logs, args.run)
+        if args.no_plot:
+            return 0
     if not args.logs.is_dir():
         print(f"training_curves.py: error: no logs in {args.logs} (use --collect RUNS)", file=sys.stderr)
         return 2

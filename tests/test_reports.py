@@ -186,6 +186,12 @@ def test_training_curves_collects_the_recipe(tmp_path):
     training_curves.collect(tmp_path / "runs", logs)
     kept = json.loads((logs / run.name / "config.json").read_text())
     assert kept["M"] == 192 and "data" not in kept  # the recipe, not the machine's paths
+    other = tmp_path / "runs" / "single-0.0018-m192-from-36k"
+    other.mkdir()
+    (other / "train_log.jsonl").write_text('{"step": 100, "steps_per_s": 2.0}\n')
+    training_curves.main(["--collect", str(tmp_path / "runs"), "--run", other.name, "--no-plot", "--logs", str(tmp_path / "one"),
+                          "--out", str(tmp_path / "no.png")])
+    assert [p.name for p in (tmp_path / "one").iterdir()] == [other.name] and not (tmp_path / "no.png").exists()
     rows = training_curves.budget_rows(logs)
     assert rows[0]["recipe"] == "gained-mbt2018-mean N=64 M=192, 8 x 128², levels per sample weighted"
     assert rows[0]["step_hours"] == pytest.approx((50 + 100) / 3600)
@@ -266,3 +272,5 @@ def test_campaign_sh_skips_a_committed_run_and_exports_a_finished_one(tmp_path):
     assert "train_gain.py" not in out  # PY=echo would print a training command line
     assert (f"-m gainedvae export {runs}/checkerboard-m192-from-36k/ckpt-0015000.pt "
             f"-o {fin}/checkerboard-m192-from-36k.pt") in out
+    # and its logs are copied beside the export, that run's alone
+    assert f"results/training_curves.py --collect {runs} --run checkerboard-m192-from-36k --no-plot" in out
