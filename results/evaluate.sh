@@ -16,6 +16,9 @@ DATA=${DATA:-../shared/data}
 A=${ANCHORS:-../shared/anchors}
 TAG=${TAG-m192-from-36k}  # TAG= (empty): the untagged runs of results/protocol.sh
 STEPS=${STEPS:-15000}
+# quality step of the variable-rate curves in main / peers: the campaign's trained levels (1: 8 points
+# per curve, each a trained lambda); the 8,000-step protocol's tables were measured at 0.5
+QSTEP=${QSTEP:-$([ -n "$TAG" ] && echo 1 || echo 0.5)}
 
 # A run's final weights: its committed export (results/campaign/finished/<run>.pt, written by
 # results/campaign.sh when the run finishes: the same file on every machine), else its final
@@ -44,7 +47,7 @@ kodak() { $PY eval_gain.py -d "$DATA/kodak" --no-progress --cache "$RUNS/eval-ca
 # same-budget single-rate set, Pillow JPEG / WebP / AVIF measured here, and published curves for context.
 main() {
   [ -n "${DRY:-}" ] || rm -f results/kodak/mbt2018-mean-single-rate.json results/kodak/mbt2018-mean-single-rate-per-image.csv  # no stale set
-  kodak --step 0.5 ${GAINED:+--checkpoint "$GAINED"} --baseline $(finished_singles) \
+  kodak --step "$QSTEP" ${GAINED:+--checkpoint "$GAINED"} --baseline $(finished_singles) \
     "$A/kodak/compressai-mbt2018-mean_mse_cpu.json" "$A/kodak/mbt2018-mean-vbr-ans.json" \
     "$A/kodak-imagecodecs/jpegxl.json" \
     --classic jpeg,webp,avif --output-dir results/kodak
@@ -59,7 +62,7 @@ level_gap() {
 # Issues 11 / 21.2: the same gained model against CompressAI's VBR model trained on the same budget.
 peers() {
   have vbr || return 0
-  kodak --step 0.5 ${GAINED:+--checkpoint "$GAINED"} --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
+  kodak --step "$QSTEP" ${GAINED:+--checkpoint "$GAINED"} --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
     --output-dir results/kodak/peers
 }
 

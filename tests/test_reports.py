@@ -245,11 +245,15 @@ def test_evaluate_sh_takes_committed_exports_first_and_orders_singles_by_lambda(
     out = subprocess.run(["bash", str(root / "results/evaluate.sh"), "main"], env=env, cwd=root,
                          capture_output=True, text=True, check=True).stdout
     args = out.split()
+    assert args[args.index("--step") + 1] == "1"  # the campaign's curves: its trained levels
     base = args[args.index("--baseline") + 1:args.index("--baseline") + 4]
     assert base == [str(fin / "single-0.0035-m192-from-36k.pt"),
                     str(runs / "single-0.0130-m192-from-36k" / "ckpt-0015000.pt"),
                     str(fin / "single-0.0250-m192-from-36k.pt")]
     assert "single-0.18" not in out
+    old = subprocess.run(["bash", str(root / "results/evaluate.sh"), "main"], env={**env, "TAG": "", "STEPS": "8000"},
+                         cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert old[old.index("--step") + 1] == "0.5"  # the 8,000-step protocol's published tables
 
 
 def test_campaign_sh_skips_a_committed_run_and_exports_a_finished_one(tmp_path):
