@@ -109,6 +109,10 @@ class TrainConfig:
                               "the default range gives 1 at q=0.5", metavar=("LOW", "HIGH"))
     entropy_model: Optional[str] = _flag(None, "entropy model of the gained hyperprior models (default: gaussian)",
                                         choices=("gaussian", "asymmetric", "gmm"))
+    quantizer: str = _flag("noise", "gained hyperprior models: what h_s and g_s read in training, noise (additive uniform "
+                                    "noise, CompressAI's default) or ste (the latents rounded as the coder rounds them, "
+                                    "straight-through gradients; the rate still from noise: CompressAI's latent codecs' "
+                                    "quantizer='ste')", choices=("noise", "ste"))
     ema_decay: float = _flag(0.999, "decay of the moving average of the weights used for validation, best.pt and "
                                    "export (gainedvae/ema.py; 0 disables)")
     extra: Dict[str, object] = field(default_factory=dict)
@@ -504,6 +508,13 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         net = get_model(cfg.model, N=cfg.N, M=cfg.M, lambdas=lambdas, **extra)
     except TypeError as err:
         raise TrainingError(f"model {cfg.model!r} does not take these options ({err})") from None
+    if cfg.quantizer != "noise":
+        if not hasattr(net, "set_quantizer"):
+            raise TrainingError(f"--quantizer {cfg.quantizer}: {cfg.model} trains with noise only (CompressAI's model)")
+        try:
+            net.set_quantizer(cfg.quantizer)
+        except ValueError as err:
+            raise TrainingError(f"--quantizer: {err}") from None
     if not is_variable_rate(net):
         net.lambdas = lambdas
     elif is_gained(net):  # from scratch: levels spread around the geometric-mean lambda from step 0
@@ -566,7 +577,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, progress: bool = True)
         state = read_checkpoint(path, map_location=device)
         saved = state.get("train_config", {})
         for key in ("model", "N", "M", "lambdas", "lmbda", "level_weights", "steps", "batch_size", "patch_size", "seed", "qmap_lambda_range",
-                    "entropy_model"):
+                    "entropy_model", "quantizer"):
             old, new = saved.get(key), getattr(cfg, key)
             if key in saved and (list(old) if isinstance(old, (list, tuple)) else old) != (list(new) if isinstance(new, (list, tuple)) else new):
                 raise TrainingError(f"--resume {path}: the run was started with {key}={old}, this command has {key}={new}")

@@ -152,3 +152,28 @@ def test_decompress_rejects_malformed_strings():
         net.decompress([[b"x"]], (64, 64), 2)
     with pytest.raises(ValueError, match="shape"):
         net.decompress([[b"x"], [b"y"]], (0, 64), 2)
+
+
+def test_ste_quantizer_trains_the_decoder_on_rounded_latents():
+    """quantizer "ste": in training, h_s and g_s read z and y rounded about the medians / means
+    (deterministic x_hat, straight-through gradients into g_a), while the rate keeps its noise; "noise"
+    (the default) perturbs both. Eval is the same either way."""
+    torch.manual_seed(0)
+    net = gainedvae.get_model("gained-mbt2018-mean", N=16, M=16).train()
+    x = torch.rand(2, 3, 64, 64)
+    a, b = net(x, level=1), net(x, level=1)
+    assert not torch.equal(a["x_hat"], b["x_hat"])  # noise reaches the reconstruction
+    net.set_quantizer("ste")
+    a, b = net(x, level=1), net(x, level=1)
+    assert torch.equal(a["x_hat"], b["x_hat"])  # rounded: no noise left in the reconstruction
+    assert not torch.equal(a["likelihoods"]["y"], b["likelihoods"]["y"])  # the rate: noise
+    net.zero_grad()
+    ((a["x_hat"] - x) ** 2).mean().backward()  # distortion only: reaches g_a through the rounding
+    assert net.g_a[0].weight.grad.abs().sum() > 0
+    net.eval()
+    with torch.no_grad():
+        ste = net(x, level=1)["x_hat"]
+        net.set_quantizer("noise")
+        torch.testing.assert_close(net(x, level=1)["x_hat"], ste, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"trains with quantizer 'noise', got 'ste'"):
+        gainedvae.get_model("gained-mbt2018", N=16, M=16).set_quantizer("ste")

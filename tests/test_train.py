@@ -430,3 +430,12 @@ def test_level_weights_change_the_training_and_are_checked(image_dir, tmp_path):
     with pytest.raises(TrainingError, match="variable-rate"):
         T.level_weight_tensor(cfg(image_dir, tmp_path, model="mbt2018-mean", lmbda=0.05, level_weights=(1.0,)), 1)
     assert T.level_weight_tensor(cfg(image_dir, tmp_path), 2) is None
+
+
+def test_quantizer_option_is_recorded_and_refused_where_unsupported(image_dir, tmp_path):
+    final = train(cfg(image_dir, tmp_path / "ste", steps=2, quantizer="ste"), progress=False)
+    assert gainedvae.read_checkpoint(final)["train_config"]["quantizer"] == "ste"
+    with pytest.raises(TrainingError, match="the run was started with quantizer=ste"):
+        train(cfg(image_dir, tmp_path / "ste", steps=2), resume="latest", progress=False)
+    with pytest.raises(TrainingError, match="--quantizer ste: mbt2018-mean trains with noise only"):
+        train(cfg(image_dir, tmp_path / "s", model="mbt2018-mean", lmbda=0.01, quantizer="ste"), progress=False)

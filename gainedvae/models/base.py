@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+from compressai.ops import quantize_ste
 from torch import Tensor
 
 from ..container import NON_FINITE, CodecError, padded_size
@@ -60,6 +61,30 @@ class GainedModel(RateModel, ABC):
 
     gain: LatentGains
     extra_key_prefixes: Tuple[str, ...] = ("gain.",)
+
+    #: How training quantises what ``h_s`` and ``g_s`` read (CompressAI's ``quantizer`` option of
+    #: its latent codecs): ``"noise"``, additive uniform noise for the rate and the reconstruction
+    #: alike (CompressAI's default); ``"ste"``, the rate still from the noisy latent, but ``z`` and
+    #: ``y`` rounded about the medians / means the coder rounds about, with straight-through
+    #: gradients, so the decoder trains on the values it will decode. A training choice only: no
+    #: weights, no bitstream change. :attr:`QUANTIZERS`: what a family supports (set by
+    #: :meth:`set_quantizer`).
+    quantizer: str = "noise"
+    QUANTIZERS: Tuple[str, ...] = ("noise",)
+
+    def set_quantizer(self, name: str) -> None:
+        if name not in self.QUANTIZERS:
+            raise ValueError(f"{type(self).__name__} trains with quantizer {' or '.join(map(repr, self.QUANTIZERS))}, got {name!r}")
+        self.quantizer = name
+
+    def _z_for_synthesis(self, z: Tensor, z_hat: Tensor) -> Tensor:
+        """What ``h_s`` reads in training: the bottleneck's ``z_hat`` (noise), or ``z`` rounded about
+        the medians with a straight-through gradient (``quantizer == "ste"``; the medians detached:
+        the aux loss alone trains them)."""
+        if not (self.training and self.quantizer == "ste"):
+            return z_hat
+        medians = self.entropy_bottleneck._get_medians().detach()
+        return quantize_ste(z - medians) + medians
 
     def _init_gains(self, lambdas: Sequence[float], M: int, N: int) -> None:
         self._init_rate(lambdas)
@@ -148,7 +173,7 @@ class GainedModel(RateModel, ABC):
         h, w = x.shape[-2:]
         y, z = self.gained_latents(self.analysis(x, **analysis_kwargs), q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        z_dec = z_hat * self.gain.z_inv(q)
+        z_dec = self._z_for_synthesis(z, z_hat) * self.gain.z_inv(q)
         if self.training or torch.is_grad_enabled():
             params = self.h_s(z_dec)  # training: the float, differentiable h_s
         elif q.dim() == 0:

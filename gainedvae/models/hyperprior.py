@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
+from compressai.ops import quantize_ste
 from torch import Tensor
 
 from .. import exact, tiling
@@ -86,9 +87,21 @@ class GainedHyperprior(GainedModel):
         return self.gaussian_conditional.conditional_params(params, self.entropy_with_means)
 
     # y coding for GainedModel's data flow: a (Gaussian / asymmetric / GMM) conditional
+    QUANTIZERS = ("noise", "ste")
+
     def _y_forward(self, y: Tensor, params: Tensor):
         scales_hat, means_hat = self._entropy_params(params)
-        return self.gaussian_conditional(y, scales_hat, means=means_hat)
+        y_hat, likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        if self.training and self.quantizer == "ste":  # what the coder decodes, straight-through
+            y_hat = self._y_rounded(y, means_hat, quantize_ste)
+        return y_hat, likelihoods
+
+    def _y_rounded(self, y: Tensor, means_hat: Optional[Tensor], rounding) -> Tensor:
+        """``y`` rounded as the coder rounds it: about the means (zero without; the GMM's coder
+        rounds ``y`` itself)."""
+        if means_hat is None or self.entropy_model == "gmm":
+            return rounding(y)
+        return rounding(y - means_hat) + means_hat
 
     def _y_relaxed(self, y: Tensor, params: Tensor, rounding):
         """``y`` rounded about the means (zero without) as CompressAI's ``compress`` does, with
@@ -98,7 +111,7 @@ class GainedHyperprior(GainedModel):
         if self.entropy_model == "gmm":
             raise NotImplementedError("the GMM conditional has no relaxed coder (latent refinement)")
         scales_hat, means_hat = self._entropy_params(params)
-        y_hat = rounding(y) if means_hat is None else rounding(y - means_hat) + means_hat
+        y_hat = self._y_rounded(y, means_hat, rounding)
         likelihoods = gc._likelihood(y_hat, scales_hat, means_hat)
         if gc.use_likelihood_bound:
             likelihoods = gc.likelihood_lower_bound(likelihoods)
