@@ -148,6 +148,9 @@ gained() {
 # The gained fine-tune at twice the steps (30,000, the same schedule stretched): whether the gap of its
 # low levels to the single-rate set (results/val_gap.py) closes with steps, and a candidate for the
 # shipped model (issue 16).
+# Issue 16: the gained fine-tune with the decoder trained on rounded latents (--quantizer ste: noise
+# for the rate only, CompressAI's quantizer='ste'); shipped if it beats gained-m192-from-36k on Kodak.
+gained_ste() { finetune "gained-ste-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste; }
 gained_long() { STEPS=30000 finetune "gained30k-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS; }
 
 # Issue 21, from stage 2's step $FROM, the gained model's recipe (same data, patch, batch, schedule, steps):
@@ -155,7 +158,7 @@ gained_long() { STEPS=30000 finetune "gained30k-$(tag)" "$(stage2)" -M 192 -m ga
 # the checkerboard context model (context layers from scratch) and an MS-SSIM gained model
 # (MS-SSIM's 5 scales need patches >= 161: 256x256 x 2, the same pixels per step).
 single() { finetune "single-$1-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean --lambda "$1"; }
-singles() { local l; for l in $LAMBDAS_MSE; do single "$l"; done; }
+singles() { local l; for l in ${SINGLES:-$LAMBDAS_MSE}; do single "$l"; done; }  # SINGLES="0.0130 ...": another order
 singles_desc() { local l; for l in $(printf '%s\n' $LAMBDAS_MSE | sort -gr); do single "$l"; done; }  # the other lane's order
 vbr() { finetune "vbr-$(tag)" "$(stage2)" -M 192 -m mbt2018-mean-vbr; }
 checkerboard() { finetune "checkerboard-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-checkerboard $LEVELS; }
