@@ -22,15 +22,18 @@ QSTEP=${QSTEP:-$([ -n "$TAG" ] && echo 1 || echo 0.5)}
 
 # A run's final weights: its committed export (results/campaign/finished/<run>.pt, written by
 # results/campaign.sh when the run finishes: the same file on every machine), else its final
-# checkpoint in $RUNS. The shipped model is the export of gained-m192-from-36k at step 15,000.
+# checkpoint in $RUNS. The issue-21 comparisons are of gained-m192-from-36k (noise quantiser, the
+# recipe the single-rate models and the peers share), shipped in sessions 5-9; the model shipped
+# since session 10 is the export of gained-ste-m192-from-36k (results/README.md).
 FINISHED=${FINISHED:-results/campaign/finished}
 final() {
   local run="$1${TAG:+-$TAG}"
   if [ -f "$FINISHED/$run.pt" ]; then echo "$FINISHED/$run.pt"
-  elif [ "$run" = gained-m192-from-36k ] && [ "$STEPS" = 15000 ] && [ ! -f "$RUNS/$run/ckpt-0015000.pt" ]; then
-    echo gainedvae/weights/gained-mbt2018-mean.pt
   else echo "$RUNS/$run/ckpt-$(printf %07d $STEPS).pt"; fi
 }
+# The gained model of main / peers: in the campaign gained-m192-from-36k, whose recipe the single-rate
+# set and the peers share (GAINED=<checkpoint> for another; the 8,000-step protocol names its own).
+if [ -n "$TAG" ]; then GAINED=${GAINED:-$(final gained)}; fi
 have() {  # have RUN...: every run finished (its final checkpoint exists), else say which is missing
   local r; for r in "$@"; do [ -f "$(final "$r")" ] || { echo "== skipped: $(final "$r") missing" >&2; return 1; }; done
 }
@@ -43,7 +46,7 @@ finished_singles() {  # single-<lambda>[-$TAG] with a committed export or a DONE
 }
 kodak() { $PY eval_gain.py -d "$DATA/kodak" --no-progress --cache "$RUNS/eval-cache.jsonl" "$@"; }
 
-# Issues 8 / 16 / 21.1: the shipped gained model (GAINED=<checkpoint> for another) against the
+# Issues 8 / 16 / 21.1: the gained model (GAINED, above) against the
 # same-budget single-rate set, Pillow JPEG / WebP / AVIF measured here, and published curves for context.
 main() {
   [ -n "${DRY:-}" ] || rm -f results/kodak/mbt2018-mean-single-rate.json results/kodak/mbt2018-mean-single-rate-per-image.csv  # no stale set

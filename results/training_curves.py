@@ -44,7 +44,7 @@ def read_jsonl(path: Path) -> list:
 #: The training configuration kept beside the logs (``config.json``): what the budget table's recipe
 #: column shows.
 RECIPE_KEYS = ("model", "N", "M", "batch_size", "patch_size", "metric", "lr", "steps", "level_sampling",
-               "level_weights", "lmbda", "threads", "compile")
+               "level_weights", "lmbda", "threads", "compile", "quantizer")
 
 
 def run_config(run: Path):
@@ -67,6 +67,8 @@ def recipe(cfg) -> str:
         text += f", {cfg['metric']}"
     if cfg.get("level_sampling", "batch") != "batch" or cfg.get("level_weights"):
         text += f", levels per {cfg.get('level_sampling', 'batch')}{' weighted' if cfg.get('level_weights') else ''}"
+    if cfg.get("quantizer", "noise") != "noise":
+        text += f", quantizer {cfg['quantizer']}"
     return text
 
 

@@ -196,6 +196,7 @@ def test_training_curves_collects_the_recipe(tmp_path):
     assert rows[0]["recipe"] == "gained-mbt2018-mean N=64 M=192, 8 x 128², levels per sample weighted"
     assert rows[0]["step_hours"] == pytest.approx((50 + 100) / 3600)
     assert "| gained-m192-from-36k | gained-mbt2018-mean N=64 M=192" in training_curves.budget_markdown(rows)
+    assert training_curves.recipe({**cfg, "quantizer": "ste"}).endswith("levels per sample weighted, quantizer ste")
 
 
 def test_val_gap_compares_each_level_at_its_last_step(tmp_path):
