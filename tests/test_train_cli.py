@@ -25,7 +25,7 @@ MANY = ["-d", "x.tar", "--model", "gained-scgain", "--lambdas", "0.01,0.05 0.1",
 
 def test_every_flag_has_help():
     actions = [a for a in build_parser()._actions if not isinstance(a, argparse._HelpAction)]
-    assert len(actions) == len(config_flags()) + 4 == 41  # + --device --cuda --resume --no-progress
+    assert len(actions) == len(config_flags()) + 4 == 42  # + --device --cuda --resume --no-progress
     assert [a.option_strings for a in actions if not (a.help or "").strip()] == []
 
 
