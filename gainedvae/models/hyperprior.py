@@ -86,9 +86,9 @@ class GainedHyperprior(GainedModel):
         """``(scales, means)`` of the conditional from the hyper-synthesis output."""
         return self.gaussian_conditional.conditional_params(params, self.entropy_with_means)
 
-    # y coding for GainedModel's data flow: a (Gaussian / asymmetric / GMM) conditional
-    QUANTIZERS = ("noise", "ste")
+    QUANTIZERS = ("noise", "ste")  # GainedModel.quantizer: both
 
+    # y coding for GainedModel's data flow: a (Gaussian / asymmetric / GMM) conditional
     def _y_forward(self, y: Tensor, params: Tensor):
         scales_hat, means_hat = self._entropy_params(params)
         y_hat, likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
