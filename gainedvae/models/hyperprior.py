@@ -97,9 +97,9 @@ class GainedHyperprior(GainedModel):
         return y_hat, likelihoods
 
     def _y_rounded(self, y: Tensor, means_hat: Optional[Tensor], rounding) -> Tensor:
-        """``y`` rounded as the coder rounds it: about the means (zero without; the GMM's coder
-        rounds ``y`` itself)."""
-        if means_hat is None or self.entropy_model == "gmm":
+        """``y`` rounded as the coder rounds it: about the means, or about zero where the
+        conditional has none (scale-only, and the GMM, whose coder rounds ``y`` itself)."""
+        if means_hat is None:
             return rounding(y)
         return rounding(y - means_hat) + means_hat
 
