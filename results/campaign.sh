@@ -152,6 +152,11 @@ gained_ste() { finetune "gained-ste-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018
 # The shipped recipe (--quantizer ste) at twice the steps (30,000, the same schedule stretched): how
 # much a longer fine-tune still gives, and a candidate for the shipped model (issue 16).
 gained_long() { STEPS=30000 finetune "gained30k-ste-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste; }
+# The shipped recipe continued instead, in pieces that fit one session (a lost machine costs a whole
+# unfinished run; gained_long is about 2.5 h of one lane on session 10's Intel machine and about 5 h on
+# the AMD one, 1.65 steps/s): a second 15,000-step fine-tune with the same schedule (warm restart to
+# lr 5e-4) from the committed export of gained-ste-$(tag), 30,000 fine-tune steps in all (issue 16).
+gained_more() { finetune "gained-ste2-$(tag)" "$FINISHED/gained-ste-$(tag).pt" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste; }
 
 # Issue 21, from stage 2's step $FROM, the gained model's recipe (same data, patch, batch, schedule, steps):
 # the eight single-rate models, CompressAI's VBR model (its stage 2; stage 1 = the shared start),
