@@ -118,9 +118,14 @@ def test_rate_control_with_refinement_meets_the_target_with_a_better_file(shippe
         assert abs(refined.bpp / target - 1) <= 0.02 and refined.converged and not refined.clamped, refined
         assert 1 <= refined.refined <= codec.REFINED_TRIALS and refined.iterations > plain.iterations
         assert refined.data == codec.encode(shipped, photo, refined.quality, refine=10)
-        # no bigger, better picture (the shipped model, trained on rounded latents, leaves the encoder
-        # less to fix than the noise-trained one did: +0.04 / +0.11 dB here where that one gave +0.14 / +0.16)
-        assert len(refined.data) <= 1.01 * len(plain.data) and psnr(refined.data) > psnr(plain.data) + 0.02
+        # a better picture than the plain encoder's at the refined file's size: both files only meet the
+        # target within 2 %, so the plain PSNR at that size is read off the plain curve through the plain
+        # file and the plain coding at the refined quality (linear in bytes; the shipped model gives
+        # +0.07 / +0.12 dB over it here)
+        wider = codec.encode(shipped, photo, refined.quality)
+        slope = (psnr(wider) - psnr(plain.data)) / (len(wider) - len(plain.data))
+        plain_at_size = psnr(plain.data) + slope * (len(refined.data) - len(plain.data))
+        assert psnr(refined.data) > plain_at_size + 0.02, (len(plain.data), len(wider), len(refined.data))
         assert "refined 10 steps" in refined.summary()
     plain = codec.encode_to_psnr(shipped, photo, 28.0)
     refined = codec.encode_to_psnr(shipped, photo, 28.0, refine=10)
