@@ -155,8 +155,14 @@ gained_long() { STEPS=30000 finetune "gained30k-ste-$(tag)" "$(stage2)" -M 192 -
 # The shipped recipe continued instead, in pieces that fit one session (a lost machine costs a whole
 # unfinished run; gained_long is about 2.5 h of one lane on session 10's Intel machine and about 5 h on
 # the AMD one, 1.65 steps/s): a second 15,000-step fine-tune with the same schedule (warm restart to
-# lr 5e-4) from the committed export of gained-ste-$(tag), 30,000 fine-tune steps in all (issue 16).
-gained_more() { finetune "gained-ste2-$(tag)" "$FINISHED/gained-ste-$(tag).pt" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste; }
+# lr 5e-4) from the committed export of gained-ste-$(tag), 30,000 fine-tune steps in all (issue 16;
+# shipped in session 11). PIECE=3 (4, ...) trains the next piece from the previous piece's export:
+#   PIECE=3 THREADS=1 nohup results/campaign.sh gained_more >> runs/protocol/gained-m192.out 2>&1 &
+gained_more() {
+  local n=${PIECE:-2} prev="gained-ste-$(tag)"
+  [ "$n" -gt 2 ] && prev="gained-ste$((n - 1))-$(tag)"
+  finetune "gained-ste$n-$(tag)" "$FINISHED/$prev.pt" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste
+}
 
 # Issue 21, from stage 2's step $FROM, the gained model's recipe (same data, patch, batch, schedule, steps):
 # the eight single-rate models, CompressAI's VBR model (its stage 2; stage 1 = the shared start),
