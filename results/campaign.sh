@@ -149,14 +149,11 @@ gained() {
 # for the rate only, CompressAI's quantizer='ste'); shipped in session 10 (Kodak -2.86 % against
 # gained-m192-from-36k, results/README.md).
 gained_ste() { finetune "gained-ste-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste; }
-# The shipped recipe (--quantizer ste) at twice the steps (30,000, the same schedule stretched): how
-# much a longer fine-tune still gives, and a candidate for the shipped model (issue 16).
-gained_long() { STEPS=30000 finetune "gained30k-ste-$(tag)" "$(stage2)" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste; }
-# The shipped recipe continued instead, in pieces that fit one session (a lost machine costs a whole
-# unfinished run; gained_long is about 2.5 h of one lane on session 10's Intel machine and about 5 h on
-# the AMD one, 1.65 steps/s): a second 15,000-step fine-tune with the same schedule (warm restart to
-# lr 5e-4) from the committed export of gained-ste-$(tag), 30,000 fine-tune steps in all (issue 16;
-# shipped in session 11). PIECE=3 (4, ...) trains the next piece from the previous piece's export:
+# The shipped recipe (--quantizer ste) continued, in pieces that each fit one session (a lost machine
+# costs a whole unfinished run: one 30,000-step run is about 2.5 h of a lane on session 10's Intel
+# machine and about 5 h on the AMD one): a second 15,000-step fine-tune with the same schedule (warm
+# restart to lr 5e-4) from the committed export of gained-ste-$(tag), 30,000 fine-tune steps in all
+# (issue 16; shipped in session 11). PIECE=3 (4, ...) trains the next piece from the previous piece's export:
 #   PIECE=3 THREADS=1 nohup results/campaign.sh gained_more >> runs/protocol/gained-m192.out 2>&1 &
 gained_more() {
   local n=${PIECE:-2} prev="gained-ste-$(tag)"
