@@ -91,12 +91,28 @@ def collect(src: Path, dst: Path, only=None) -> None:
         print(f"collected {run.name}")
 
 
+def campaign_source(name: str):
+    """The finished fine-tune a campaign run continues (``results/campaign.sh``), or None when it starts
+    from the shared start: ``gained-ste<n>-<tag>`` (``gained_more``, piece n) continues piece n-1
+    (``gained-ste-<tag>`` for n = 2), ``scgain-<run>`` the gained fine-tune ``<run>``."""
+    match = re.fullmatch(r"gained-ste(\d+)-(m192-from-\d+k)", name)
+    if match:
+        n = int(match.group(1))
+        return f"gained-ste{n - 1 if n > 2 else ''}-{match.group(2)}"
+    match = re.fullmatch(r"scgain-(gained-m192-from-\d+k)", name)
+    return match.group(1) if match else None
+
+
+#: Steps of each fine-tune a campaign run continues (``campaign.sh``: ``STEPS``, default 15,000).
+FINETUNE_STEPS = 15000
+
+
 def campaign_offset(name: str):
     """Where a run of the long campaign (issues 16, 21) starts on the shared start's step axis; None for
     the protocol's runs. Stage 1 of the shared start (``pretrain-200k``, M=96) runs from 0; stage 2
     (``pretrain-m192``) continues from its step 64,000 widened to M=192 with its own step count;
-    ``gained-from-<X>k`` fine-tunes stage 1's step X,000, ``<run>-m192-from-<X>k`` stage 2's
-    (``scgain-...`` a finished 15,000-step gained fine-tune of it)."""
+    ``gained-from-<X>k`` fine-tunes stage 1's step X,000, ``<run>-m192-from-<X>k`` stage 2's; a run that
+    continues a finished fine-tune (``campaign_source``) starts where that one ended."""
     if name == "pretrain-200k":
         return 0
     if name == "pretrain-m192":
@@ -104,9 +120,12 @@ def campaign_offset(name: str):
     match = re.fullmatch(r"gained-from-(\d+)k", name)
     if match:
         return 1000 * int(match.group(1))
+    source = campaign_source(name)
+    if source:
+        return campaign_offset(source) + FINETUNE_STEPS
     match = re.search(r"m192-from-(\d+)k$", name)
     if match:
-        return WIDENED_AT + 1000 * int(match.group(1)) + (15000 if name.startswith("scgain-") else 0)
+        return WIDENED_AT + 1000 * int(match.group(1))
     return None
 
 
@@ -157,7 +176,7 @@ def budget_rows(logs: Path) -> list:
         cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else None
         rows.append({
             "run": run.name,
-            "recipe": recipe(cfg),
+            "recipe": recipe(cfg) + (f", continues {campaign_source(run.name)}" if campaign_source(run.name) else ""),
             "steps": train[-1]["step"],
             "finished": (run / "DONE").is_file(),
             "step_hours": seconds / 3600,
@@ -262,7 +281,9 @@ def main(argv=None) -> int:
             "`results/logs/`. Training-step hours are summed from the logged step rates (validation and "
             "checkpoint writes excluded); they include slow-downs from other work on the same two cores. Recipe: "
             "from each run's checkpoint (`config.json` beside its logs); `-` = a run collected before that "
-            "file existed: the 8,000-step protocol's N=64, M=96, batch 8 x 128² (`results/protocol.sh`). "
+            "file existed: the 8,000-step protocol's N=64, M=96, batch 8 x 128² (`results/protocol.sh`); "
+            "\"continues X\": the run starts from the finished fine-tune X, whose steps come on top (the "
+            "campaign's runs otherwise start from the shared start; `results/campaign.sh`). "
             "Hardware: the 2-core development CPU.\n\n"
             + budget_markdown(rows))
     atomic_write_bytes(args.budget, text.encode())

@@ -199,6 +199,22 @@ def test_training_curves_collects_the_recipe(tmp_path):
     assert training_curves.recipe({**cfg, "quantizer": "ste"}).endswith("levels per sample weighted, quantizer ste")
 
 
+def test_training_curves_places_continued_fine_tunes_after_their_source():
+    """A piece of gained_more continues the previous piece's export: the budget table says so and the
+    campaign's step axis puts it after that piece's 15,000 steps (scgain after its gained model's)."""
+    from results import training_curves as tc
+
+    start = tc.WIDENED_AT + 36000
+    assert tc.campaign_source("gained-ste-m192-from-36k") is None
+    assert tc.campaign_source("gained-ste2-m192-from-36k") == "gained-ste-m192-from-36k"
+    assert tc.campaign_source("gained-ste3-m192-from-36k") == "gained-ste2-m192-from-36k"
+    assert tc.campaign_source("scgain-gained-m192-from-36k") == "gained-m192-from-36k"
+    assert [tc.campaign_offset(n) for n in ("gained-m192-from-36k", "gained-ste-m192-from-36k",
+            "gained-ste2-m192-from-36k", "gained-ste3-m192-from-36k", "scgain-gained-m192-from-36k")] == [
+        start, start, start + 15000, start + 30000, start + 15000]
+    assert tc.campaign_offset("gained") is None and tc.campaign_offset("pretrain-m192") == tc.WIDENED_AT
+
+
 def test_val_gap_compares_each_level_at_its_last_step(tmp_path):
     import json
 
