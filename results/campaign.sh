@@ -160,6 +160,16 @@ gained_more() {
   [ "$n" -gt 2 ] && prev="gained-ste$((n - 1))-$(tag)"
   finetune "gained-ste$n-$(tag)" "$FINISHED/$prev.pt" -M 192 -m gained-mbt2018-mean $LEVELS --quantizer ste
 }
+# The top levels learn slowest and the shipped model's top level drifted to a lower rate (1.65 bpp on
+# Kodak against the single-rate lambda-0.18 model's 1.86; results/README.md, session 15): piece
+# ${PIECE:-5} of gained_more with the top two levels' weights doubled (0.268, 0.161 -> 0.536, 0.322),
+# from piece PIECE-1's export; judged per level against piece PIECE-1 (and a plain piece PIECE if trained).
+LEVELS_TOP="--level-sampling sample --level-weights 2.5,1.79,1.29,0.922,0.644,0.427,0.536,0.322"
+gained_top() {
+  local n=${PIECE:-5}
+  finetune "gained-ste$n-top-$(tag)" "$FINISHED/gained-ste$((n - 1))-$(tag).pt" -M 192 -m gained-mbt2018-mean \
+      $LEVELS_TOP --quantizer ste
+}
 
 # Issue 21, from stage 2's step $FROM, the gained model's recipe (same data, patch, batch, schedule, steps):
 # the eight single-rate models, CompressAI's VBR model (its stage 2; stage 1 = the shared start),

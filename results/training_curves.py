@@ -94,8 +94,9 @@ def collect(src: Path, dst: Path, only=None) -> None:
 def campaign_source(name: str):
     """The finished fine-tune a campaign run continues (``results/campaign.sh``), or None when it starts
     from the shared start: ``gained-ste<n>-<tag>`` (``gained_more``, piece n) continues piece n-1
-    (``gained-ste-<tag>`` for n = 2), ``scgain-<run>`` the gained fine-tune ``<run>``."""
-    match = re.fullmatch(r"gained-ste(\d+)-(m192-from-\d+k)", name)
+    (``gained-ste-<tag>`` for n = 2; ``gained-ste<n>-top-<tag>``, ``gained_top``, too), ``scgain-<run>`` the
+    gained fine-tune ``<run>``."""
+    match = re.fullmatch(r"gained-ste(\d+)(?:-[a-z]+)?-(m192-from-\d+k)", name)  # -top: ``gained_top``
     if match:
         n = int(match.group(1))
         return f"gained-ste{n - 1 if n > 2 else ''}-{match.group(2)}"
