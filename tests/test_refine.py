@@ -165,7 +165,11 @@ def test_refinement_with_a_quality_map_optimises_the_maps_weighting(scgain, phot
         refined = codec.encode(scgain, photo, q, qmap=roi, refine=10)
         uniform = codec.encode(scgain, photo, q, qmap=0.5, refine=10)  # refined for the uniform weighting
         assert codec.Container.from_bytes(refined).flags == codec.FLAG_QUALITY_MAP
-        assert map_loss(scgain, photo, refined, roi) < map_loss(scgain, photo, uniform, roi) < map_loss(scgain, photo, plain, roi)
+        # the map's weighting is what refinement optimised: its file has the lowest map loss, below the
+        # plain file's and below a file refined for the uniform weighting (which need not beat the plain
+        # file on the map's loss: at q 2 with the gained-ste5-top weights it does not)
+        loss = map_loss(scgain, photo, refined, roi)
+        assert loss < map_loss(scgain, photo, uniform, roi) and loss < map_loss(scgain, photo, plain, roi)
     r = codec.encode_to_bpp(scgain, photo, 1.0, qmap=roi, refine=3)
     assert r.converged and r.data == codec.encode(scgain, photo, r.quality, qmap=roi, refine=3)
 
