@@ -94,12 +94,12 @@ def collect(src: Path, dst: Path, only=None) -> None:
 def campaign_source(name: str):
     """The finished fine-tune a campaign run continues (``results/campaign.sh``), or None when it starts
     from the shared start: ``gained-ste<n>-<tag>`` (``gained_more``, piece n) continues piece n-1
-    (``gained-ste-<tag>`` for n = 2; ``gained-ste<n>-top-<tag>``, ``gained_top``, too), ``scgain-<run>`` the
-    gained fine-tune ``<run>``."""
-    match = re.fullmatch(r"gained-ste(\d+)(?:-[a-z]+)?-(m192-from-\d+k)", name)  # -top: ``gained_top``
+    (``gained-ste-<tag>`` for n = 2; ``gained-ste<n>-top-<tag>``, ``gained_top``, too; ``gained-ste<n>-top9-<tag>``,
+    ``gained_top9``, continues ``gained-ste<n-1>-top-<tag>``), ``scgain-<run>`` the gained fine-tune ``<run>``."""
+    match = re.fullmatch(r"gained-ste(\d+)(-top9|-top)?-(m192-from-\d+k)", name)
     if match:
-        n = int(match.group(1))
-        return f"gained-ste{n - 1 if n > 2 else ''}-{match.group(2)}"
+        n, prev = int(match.group(1)), "-top" if match.group(2) == "-top9" else ""
+        return f"gained-ste{n - 1 if n > 2 else ''}{prev}-{match.group(3)}"
     match = re.fullmatch(r"scgain-(gained-m192-from-\d+k)", name)
     return match.group(1) if match else None
 
