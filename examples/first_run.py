@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", default=None, help="image to code (default: matplotlib's sample photograph)")
     p.add_argument("--checkpoint", default=None, help="model to use (default: the shipped model)")
-    p.add_argument("--qualities", default="1,2,3,4,5,6,7,8",
-                   help="comma-separated qualities of our codec, floats in [1, L] (default: %(default)s)")
+    p.add_argument("--qualities", default=None,
+                   help="comma-separated qualities of our codec, floats in [1, L] (default: every trained level, 1..L)")
     p.add_argument("--crop-quality", type=float, default=2.0,
                    help="quality of the crop comparison picture (default: %(default)s)")
     p.add_argument("--crop", type=int, nargs=3, metavar=("TOP", "LEFT", "SIZE"), default=None,
@@ -156,10 +156,13 @@ def main(argv=None) -> int:
     else:
         images, source = default_images()
         path = images[0]
-    qualities = [float(q) for q in args.qualities.split(",")]
+    net = gainedvae.load_checkpoint(args.checkpoint)
+    if args.qualities is None:
+        qualities = [float(q) for q in range(1, net.levels + 1)]
+    else:
+        qualities = [float(q) for q in args.qualities.split(",")]
     if args.crop_quality not in qualities:
         qualities = sorted(qualities + [args.crop_quality])
-    net = gainedvae.load_checkpoint(args.checkpoint)
     rgb = load_image(path)
     print(f"{source}: {rgb.shape[1]}x{rgb.shape[0]}; model {Path(net.checkpoint_path).name}\n")
     rows, recs = compare(net, rgb, qualities)
