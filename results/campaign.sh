@@ -179,10 +179,13 @@ gained_top() {
 # the ninth level's 0.6 x the eighth's (the recipe's ratio between adjacent levels).
 LAMBDAS_TOP9="0.0018,0.0035,0.0067,0.0130,0.0250,0.0483,0.0932,0.18,0.3476"
 LEVELS_TOP9="--level-sampling sample --level-weights 2.5,1.79,1.29,0.922,0.644,0.427,0.536,0.322,0.193"
+# PIECE=7 (8, ...) continues the nine-level model from piece PIECE-1's export (gained-ste6-top9: session 17).
 gained_top9() {
   local n=${PIECE:-6} name start
   name="gained-ste$n-top9-$(tag)"; start="$RUNS/$name-start.pt"
-  if [ ! -f "$FINISHED/$name.pt" ] && [ ! -f "$start" ]; then
+  if [ "$n" -gt 6 ]; then
+    start="$FINISHED/gained-ste$((n - 1))-top9-$(tag).pt"
+  elif [ ! -f "$FINISHED/$name.pt" ] && [ ! -f "$start" ]; then
     mkdir -p "$RUNS" && $PY results/extra_level.py "$FINISHED/gained-ste$((n - 1))-top-$(tag).pt" -o "$start"
   fi
   finetune "$name" "$start" -M 192 -m gained-mbt2018-mean --lambdas "$LAMBDAS_TOP9" $LEVELS_TOP9 --quantizer ste

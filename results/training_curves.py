@@ -91,14 +91,20 @@ def collect(src: Path, dst: Path, only=None) -> None:
         print(f"collected {run.name}")
 
 
+#: The piece that starts the nine-level model (``campaign.sh gained_top9``, session 17).
+TOP9_FIRST_PIECE = 6
+
+
 def campaign_source(name: str):
     """The finished fine-tune a campaign run continues (``results/campaign.sh``), or None when it starts
     from the shared start: ``gained-ste<n>-<tag>`` (``gained_more``, piece n) continues piece n-1
     (``gained-ste-<tag>`` for n = 2; ``gained-ste<n>-top-<tag>``, ``gained_top``, too; ``gained-ste<n>-top9-<tag>``,
-    ``gained_top9``, continues ``gained-ste<n-1>-top-<tag>``), ``scgain-<run>`` the gained fine-tune ``<run>``."""
+    ``gained_top9``, continues ``gained-ste<n-1>-top-<tag>`` for n = 6, ``gained-ste<n-1>-top9-<tag>`` after), ``scgain-<run>`` the gained fine-tune ``<run>``."""
     match = re.fullmatch(r"gained-ste(\d+)(-top9|-top)?-(m192-from-\d+k)", name)
     if match:
-        n, prev = int(match.group(1)), "-top" if match.group(2) == "-top9" else ""
+        n, prev = int(match.group(1)), ""
+        if match.group(2) == "-top9":  # piece 6 starts the nine-level model from piece 5 (-top), later pieces continue it
+            prev = "-top9" if n > TOP9_FIRST_PIECE else "-top"
         return f"gained-ste{n - 1 if n > 2 else ''}{prev}-{match.group(3)}"
     match = re.fullmatch(r"scgain-(gained-m192-from-\d+k)", name)
     return match.group(1) if match else None

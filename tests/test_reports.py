@@ -210,6 +210,7 @@ def test_training_curves_places_continued_fine_tunes_after_their_source():
     assert tc.campaign_source("gained-ste3-m192-from-36k") == "gained-ste2-m192-from-36k"
     assert tc.campaign_source("gained-ste5-top-m192-from-36k") == "gained-ste4-m192-from-36k"
     assert tc.campaign_source("gained-ste6-top9-m192-from-36k") == "gained-ste5-top-m192-from-36k"
+    assert tc.campaign_source("gained-ste7-top9-m192-from-36k") == "gained-ste6-top9-m192-from-36k"
     assert tc.campaign_source("scgain-gained-m192-from-36k") == "gained-m192-from-36k"
     assert [tc.campaign_offset(n) for n in ("gained-m192-from-36k", "gained-ste-m192-from-36k",
             "gained-ste2-m192-from-36k", "gained-ste3-m192-from-36k", "scgain-gained-m192-from-36k")] == [
