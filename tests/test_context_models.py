@@ -236,3 +236,21 @@ def test_mean_scale_start_loads_as_the_backbone_context_layers_stay_fresh(cls):
     with pytest.raises(KeyError, match="missing"):  # the hyper-synthesis is not optional
         cls(N=16, M=16, lambdas=LAMBDAS).load_backbone_state_dict(
             {k: v for k, v in start.state_dict().items() if not k.startswith("h_s.")})
+
+
+def test_checkerboard_training_parameters_are_the_two_passes():
+    # one network evaluation (context zeroed at the anchors) = pass 1 at the anchors, pass 2 elsewhere
+    net = gainedvae.get_model("gained-mbt2018-checkerboard", N=16, M=16, lambdas=LAMBDAS).train()
+    y_hat, params = torch.randn(2, 16, 6, 5), torch.randn(2, 32, 6, 5)
+    anchors = net._anchors(6, 5, "cpu")
+    assert anchors[0, 0] and not anchors[0, 1] and anchors.sum() == 15
+    with torch.no_grad():
+        got = net._training_params(y_hat, params)
+        pass1 = net.entropy_parameters(torch.cat((params, torch.zeros(2, 32, 6, 5)), dim=1))
+        pass2 = net.entropy_parameters(torch.cat((params, net._context(torch.where(anchors, y_hat, 0))), dim=1))
+        # the non-anchors' parameters see the anchors only
+        moved = net._training_params(torch.where(anchors, y_hat, y_hat + 5), params)
+    torch.testing.assert_close(got[..., anchors], pass1[..., anchors])
+    torch.testing.assert_close(got[..., ~anchors], pass2[..., ~anchors])
+    assert not torch.allclose(pass1[..., ~anchors], pass2[..., ~anchors])
+    torch.testing.assert_close(moved, got)

@@ -259,6 +259,19 @@ class GainedCheckerboard(GainedJointAutoregressive):
         cp = self.context_prediction
         return F.conv2d(y_hat_anchors, cp.weight * self._checkerboard_mask, cp.bias, padding=cp.padding)
 
+    def _training_params(self, y_hat: Tensor, params: Tensor) -> Tensor:
+        """Entropy parameters of both passes in one network evaluation (training only).
+
+        The entropy-parameters network is pointwise, so evaluating it once on
+        ``cat(params, ctx)`` with the context zeroed at the anchors gives pass
+        1's parameters (hyperprior alone) at the anchors and pass 2's
+        (context of the anchors) elsewhere, as CompressAI's
+        ``Cheng2020AnchorCheckerboard.forward`` does.
+        """
+        anchors = self._anchors(y_hat.size(2), y_hat.size(3), y_hat.device)
+        ctx = torch.where(anchors, 0, self._context(torch.where(anchors, y_hat, 0)))
+        return self.entropy_parameters(torch.cat((params, ctx), dim=1))
+
     def _two_pass(self, params: Tensor, y: Optional[Tensor] = None, decoders=None, record: bool = False):
         """Anchors then non-anchors, quantising ``y`` or decoding from ``decoders``.
 
@@ -304,11 +317,7 @@ class GainedCheckerboard(GainedJointAutoregressive):
         gc = self.gaussian_conditional
         if self.training:
             y_hat = gc.quantize(y, "noise")
-            B, M, H, W = y.shape
-            anchors = self._anchors(H, W, y.device)
-            gp0 = self.entropy_parameters(torch.cat((params, params.new_zeros((B, 2 * M, H, W))), dim=1))
-            gp1 = self.entropy_parameters(torch.cat((params, self._context(torch.where(anchors, y_hat, 0))), dim=1))
-            scales, means = torch.where(anchors, gp0, gp1).chunk(2, 1)
+            scales, means = self._training_params(y_hat, params).chunk(2, 1)
             _, y_likelihoods = gc(y, scales, means=means)
             return y_hat, y_likelihoods
         y_hat, scales, means, _ = self._two_pass(params, y=y)
