@@ -62,11 +62,14 @@ level_gap() {
     -o results/kodak/level-gap.md
 }
 
-# Issues 11 / 21.2: the same gained model against CompressAI's VBR model trained on the same budget.
+# Issues 11 / 21.2: the same gained model against CompressAI's VBR model trained on the same budget
+# (the campaign's in results/logs/vbr-$TAG/peers, the 8,000-step protocol's in results/kodak/peers;
+# then results/peers_report.py for the table, with the command it prints).
+PEERS=${PEERS:-$([ -n "$TAG" ] && echo "results/logs/vbr-$TAG" || echo results/kodak)}
 peers() {
   have vbr || return 0
   kodak --step "$QSTEP" ${GAINED:+--checkpoint "$GAINED"} --baseline "$(final vbr)" $(finished_singles) "$A/kodak/mbt2018-mean-vbr-ans.json" \
-    --output-dir results/kodak/peers
+    --output-dir "$PEERS/peers"
 }
 
 # Issue 21.4: the checkerboard context model against the mean-scale gained model of the same budget

@@ -167,8 +167,10 @@ def test_peers_report_says_which_budget():
     campaign = peers_report.markdown(result, None, None, budget="campaign")
     protocol = peers_report.markdown(result, None, None)
     assert "N=64, M=192" in campaign and "15,000 steps after the 100,000-step shared start" in campaign
-    assert "--vbr runs/protocol/vbr-m192-from-36k/ckpt-0015000.pt" in campaign and "8,000" not in campaign
+    assert "--vbr results/campaign/finished/vbr-m192-from-36k.pt" in campaign and "8,000" not in campaign
+    assert "--out results/logs/vbr-m192-from-36k/peers.md" in campaign and "qualities 1..8" in campaign
     assert "N=64, M=96" in protocol and "8,000 steps after the 10,000-step shared start" in protocol
+    assert "--out results/kodak/peers.md" in protocol and "quality steps of 0.5" in protocol
 
 
 def test_training_curves_collects_the_recipe(tmp_path):
