@@ -158,7 +158,8 @@ BUDGETS = {
         "start_short": "the 100,000-step shared start",
         "why": "a variable-rate model's levels share the 15,000 steps that each single-rate model spends on one "
                "lambda (every run converged for its recipe, `results/training-budget.md`); where the loss sits, "
-               "level by level: `results/kodak/level-gap.md`.",
+               "level by level: "
+               "`results/logs/gained-m192-from-36k/kodak-step15000-vs-singles8/level-gap.md`.",
         "start": "the campaign's shared start (single-rate `mbt2018-mean`, lambda 0.18, 100,000 steps: the start the gained model also gets)",
         "levels": "minimises the loss of one of the eight lambdas per batch, drawn uniformly (the gained model draws one level "
                   "per sample and weighs the levels, `results/README.md`: the VBR model keeps its published design),",
