@@ -278,6 +278,30 @@ def test_evaluate_sh_takes_committed_exports_first_and_orders_singles_by_lambda(
     assert old[old.index("--step") + 1] == "0.5"  # the 8,000-step protocol's published tables
 
 
+def test_evaluate_sh_sets_the_msssim_model_against_the_mse_model_of_its_budget(tmp_path):
+    """results/evaluate.sh msssim: the campaign's MS-SSIM model against the campaign's gained model (its
+    committed Kodak JSON), not the 8,000-step protocol's results/kodak JSON; checkpoint where no JSON."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fin = tmp_path / "finished"
+    fin.mkdir()
+    (fin / "msssim-m192-from-36k.pt").touch()
+    env = {**os.environ, "DRY": "1", "PY": "echo", "FINISHED": str(fin), "RUNS": str(tmp_path / "runs")}
+
+    def baseline(**extra):
+        out = subprocess.run(["bash", str(root / "results/evaluate.sh"), "msssim"], env={**env, **extra}, cwd=root,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[out.index("--baseline") + 1]
+
+    json_path = "results/logs/gained-m192-from-36k/kodak-step15000/gained-m192-from-36k-step15000.json"
+    assert (root / json_path).is_file()
+    assert baseline() == json_path
+    assert baseline(STEPS="9999") == str(tmp_path / "runs" / "gained-m192-from-36k" / "ckpt-0009999.pt")
+
+
 def test_campaign_sh_skips_a_committed_run_and_exports_a_finished_one(tmp_path):
     """results/campaign.sh: a run with a committed export is done on any machine (nothing trains); a run
     that finished here (DONE) without one gets its final checkpoint exported there."""
